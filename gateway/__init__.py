@@ -1,0 +1,1 @@
+"""API gateway: token checks, routing to the services, health, and live notifications."""

@@ -1,0 +1,139 @@
+"""Gateway app factory: routes, resources, health, and the process entry point."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from services.common.problems import Problem
+from services.common.service_app import redis_ctx, settings_key, verifier_for
+from services.common.tokens import ensure_dev_keys
+from services.common.web import (
+    authenticate,
+    base_app,
+    configure_logging,
+    json_response,
+    redis_key,
+    verifier_key,
+)
+from services.common.web import serve as serve_app
+
+from .config import GatewaySettings
+from .cors import cors_middleware
+from .proxy import forward, session_key
+
+PUBLIC_PATHS = frozenset({"/api/auth/signup", "/api/auth/login", "/api/auth/refresh"})
+upstreams_key = web.AppKey("upstreams", dict)
+
+
+def _upstream_route(name: str, *, public: frozenset[str] = frozenset()) -> Any:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        path = request.path.rstrip("/")
+        if path not in public:
+            # The gateway answers 401 itself: no unauthenticated request reaches a service
+            # (the service checks the token again, so a direct call cannot forge one).
+            await authenticate(request)
+        return await forward(request, request.app[upstreams_key][name], name)
+
+    return handler
+
+
+async def not_found(request: web.Request) -> web.StreamResponse:
+    raise Problem(404, "not_found", "No such route.")
+
+
+async def health(request: web.Request) -> web.Response:
+    """200 when Redis and every service answer their own health check, else 503."""
+    app = request.app
+    session = app[session_key]
+
+    async def redis_check() -> dict[str, Any]:
+        await asyncio.wait_for(app[redis_key].ping(), 2)
+        return {"status": "ok"}
+
+    async def service_check(url: str) -> dict[str, Any]:
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with session.get(url + "/health", timeout=timeout) as resp:
+            body = await resp.json(content_type=None)
+            return {"status": "ok" if resp.status == 200 else "down", "checks": body.get("checks")}
+
+    names = ["redis", *app[upstreams_key]]
+    coros = [redis_check(), *(service_check(u) for u in app[upstreams_key].values())]
+    results = await asyncio.gather(*coros, return_exceptions=True)
+    checks: dict[str, Any] = {}
+    for name, result in zip(names, results, strict=True):
+        if isinstance(result, BaseException):
+            checks[name] = {"status": "down", "error": type(result).__name__}
+        else:
+            checks[name] = result
+    ok = all(c["status"] == "ok" for c in checks.values())
+    body = {"status": "ok" if ok else "degraded", "checks": checks}
+    response = json_response(body, status=200 if ok else 503)
+    if not ok:
+        response.headers["Retry-After"] = "5"
+    return response
+
+
+async def upstream_session_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings: GatewaySettings = app[settings_key]
+    connector = aiohttp.TCPConnector(
+        limit=settings.upstream_pool_size,
+        limit_per_host=settings.upstream_pool_size,
+        keepalive_timeout=60,
+        ttl_dns_cache=300,
+    )
+    session = aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,  # pass compressed bodies through untouched
+        timeout=aiohttp.ClientTimeout(total=settings.upstream_timeout_seconds, sock_connect=2),
+        skip_auto_headers=("User-Agent",),
+    )
+    app[session_key] = session
+    yield
+    await session.close()
+
+
+def create_app(settings: GatewaySettings | None = None) -> web.Application:
+    settings = settings or GatewaySettings()
+    app = base_app(settings, outer=[cors_middleware(settings.cors_origins)])
+    app[settings_key] = settings
+    app[verifier_key] = verifier_for(settings)
+    app[upstreams_key] = {
+        "auth": settings.auth_url.rstrip("/"),
+        "connections": settings.connections_url.rstrip("/"),
+        "activities": settings.activities_url.rstrip("/"),
+    }
+    app.cleanup_ctx.extend([redis_ctx, upstream_session_ctx])
+
+    auth = _upstream_route("auth", public=PUBLIC_PATHS)
+    users = _upstream_route("auth")
+    connections = _upstream_route("connections")
+    activities = _upstream_route("activities")
+    router = app.router
+    for path in ("/api/health", "/api/health/"):
+        router.add_get(path, health)
+    router.add_route("*", "/api/auth/{tail:.*}", auth)
+    router.add_route("*", "/api/users", users)
+    router.add_route("*", "/api/users/{tail:.*}", users)
+    router.add_route("*", "/api/connection", connections)
+    router.add_route("*", "/api/connection/{tail:.*}", connections)
+    router.add_route("*", "/api/activities", activities)
+    router.add_route("*", "/api/activities/{tail:.*}", activities)
+    router.add_route("*", "/api/{tail:.*}", not_found)
+    return app
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    configure_logging(settings.log_level)
+    if not settings.production and not settings.jwt_public_key:
+        ensure_dev_keys(settings.keys_dir / "jwt_ed25519.pem", settings.public_key_path)
+
+    async def build() -> web.Application:
+        return create_app(settings)
+
+    serve_app(build, settings)

@@ -1,0 +1,22 @@
+"""Gateway settings (env prefix GATEWAY_, shared names unprefixed)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import CommaList, CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
+
+    port: int = 8080
+    auth_url: str = Field("http://127.0.0.1:8081", validation_alias="AUTH_URL")
+    connections_url: str = Field("http://127.0.0.1:8082", validation_alias="CONNECTIONS_URL")
+    activities_url: str = Field("http://127.0.0.1:8083", validation_alias="ACTIVITIES_URL")
+    cors_origins: CommaList = Field(
+        ["http://localhost:3000", "http://127.0.0.1:3000"], validation_alias="CORS_ORIGINS"
+    )
+    upstream_timeout_seconds: float = 30.0
+    upstream_pool_size: int = 200

@@ -1,0 +1,95 @@
+"""Reverse proxy to the services over one pooled client session."""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from services.common.problems import unavailable
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+# Identity and client-address headers are the gateway's to set, never the client's.
+SPOOFABLE = frozenset(
+    {
+        "x-user-id",
+        "x-user-role",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-real-ip",
+        "forwarded",
+        "x-request-id",
+    }
+)
+RESPONSE_DROP = HOP_BY_HOP | {"server", "date"}
+
+session_key = web.AppKey("upstream_session", aiohttp.ClientSession)
+
+
+def _drop_listed(headers: CIMultiDict[str]) -> set[str]:
+    """Header names that a `Connection:` header marks as hop-by-hop (RFC 9110 §7.6.1)."""
+    listed: set[str] = set()
+    for value in headers.getall("Connection", []):
+        listed.update(name.strip().lower() for name in value.split(","))
+    return listed
+
+
+def request_headers(request: web.Request) -> CIMultiDict[str]:
+    drop = HOP_BY_HOP | SPOOFABLE | _drop_listed(request.headers)
+    out = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in drop)
+    out["X-Forwarded-For"] = request.remote or ""
+    out["X-Forwarded-Proto"] = request.scheme
+    out["X-Request-Id"] = request["request_id"]
+    return out
+
+
+def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+    drop = RESPONSE_DROP | _drop_listed(upstream.headers)
+    return CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in drop)
+
+
+async def forward(request: web.Request, base_url: str, name: str) -> web.Response:
+    """Send the request on to `base_url`; a service that cannot be reached is a 503."""
+    body = await request.read() if request.body_exists else None
+    url = base_url + request.rel_url.raw_path_qs
+    try:
+        async with request.app[session_key].request(
+            request.method,
+            url,
+            headers=request_headers(request),
+            data=body,
+            allow_redirects=False,
+        ) as upstream:
+            payload = await upstream.read()
+            return web.Response(
+                status=upstream.status,
+                reason=upstream.reason,
+                body=payload,
+                headers=response_headers(upstream),
+            )
+    except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+        log.warning(
+            "upstream %s unavailable for %s %s: %r", name, request.method, request.path, exc
+        )
+        raise unavailable(f"The {name} service is unavailable, try again shortly.") from exc
+    except aiohttp.ClientPayloadError as exc:
+        raise unavailable(f"The {name} service broke off its response.") from exc

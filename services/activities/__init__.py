@@ -1,0 +1,1 @@
+"""Activities service: owns the activities domain (see API.md)."""

@@ -1,0 +1,1 @@
+"""Auth service: accounts, passwords, tokens and the users directory."""

@@ -1,0 +1,179 @@
+"""HTTP handlers of the auth service; domain errors become problems in one table."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+
+from aiohttp import web
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+
+from services.common.problems import DomainErrors, Problem
+from services.common.tokens import Identity
+from services.common.web import (
+    add_routes,
+    authenticate,
+    json_response,
+    page,
+    read_json,
+)
+
+from . import service
+from .service import AuthContext, Session, user_data
+
+ctx_key = web.AppKey("auth_ctx", AuthContext)
+trusted_key = web.AppKey("trusted_proxies", list)
+
+ERRORS: DomainErrors = {
+    service.EmailTaken: (409, "email_taken", "An account with this email already exists."),
+    service.InvalidCredentials: (401, "invalid_credentials", "Wrong email or password."),
+    service.InvalidRefreshToken: (
+        401,
+        "invalid_refresh_token",
+        "The refresh token is invalid, expired or revoked.",
+    ),
+    service.RateLimited: (429, "rate_limited", "Too many failed logins; try again later."),
+    service.UserNotFound: (404, "user_not_found", "No such user."),
+}
+
+
+def _no_control_chars(value: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+    AfterValidator(_no_control_chars),
+]
+Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class SignupBody(_Body):
+    name: Name
+    email: Annotated[EmailStr, Field(max_length=254)]
+    password: Password
+    role: Literal["professional", "client"]
+
+
+class LoginBody(_Body):
+    email: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=320)]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+class RefreshBody(_Body):
+    refresh_token: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+
+
+class LogoutBody(_Body):
+    refresh_token: Annotated[str, StringConstraints(max_length=512)] | None = None
+
+
+def _session_json(session: Session, status: int) -> web.Response:
+    return json_response(
+        {
+            "user": user_data(session.user),
+            "token": session.access_token,
+            "refresh_token": session.refresh_token,
+            "token_type": "Bearer",
+        },
+        status=status,
+    )
+
+
+def client_ip(request: web.Request) -> str:
+    """The caller's address; X-Forwarded-For only counts when sent by a trusted proxy."""
+    peer = request.remote or "unknown"
+    forwarded = request.headers.get("X-Forwarded-For")
+    if not forwarded:
+        return peer
+    try:
+        peer_ip = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    if not any(peer_ip in net for net in request.app[trusted_key]):
+        return peer
+    hop = forwarded.split(",")[-1].strip()
+    try:
+        return str(ipaddress.ip_address(hop))
+    except ValueError:
+        return peer
+
+
+async def signup(request: web.Request) -> web.Response:
+    body = await read_json(request, SignupBody)
+    session = await service.signup(
+        request.app[ctx_key],
+        name=body.name,
+        email=body.email.lower(),
+        password=body.password,
+        role=body.role,
+    )
+    return _session_json(session, 201)
+
+
+async def login(request: web.Request) -> web.Response:
+    body = await read_json(request, LoginBody)
+    session = await service.login(
+        request.app[ctx_key],
+        email=body.email.lower(),
+        password=body.password,
+        client_ip=client_ip(request),
+    )
+    return _session_json(session, 200)
+
+
+async def refresh(request: web.Request) -> web.Response:
+    body = await read_json(request, RefreshBody)
+    session = await service.refresh(request.app[ctx_key], refresh_token=body.refresh_token)
+    return _session_json(session, 200)
+
+
+async def logout(request: web.Request) -> web.Response:
+    identity: Identity = await authenticate(request)
+    body = await read_json(request, LogoutBody)
+    await service.logout(request.app[ctx_key], identity=identity, refresh_token=body.refresh_token)
+    return web.Response(status=204)
+
+
+async def me(request: web.Request) -> web.Response:
+    identity = await authenticate(request)
+    user = await service.get_user(request.app[ctx_key], user_id=identity.user_id)
+    return json_response(user_data(user))
+
+
+async def list_users(request: web.Request) -> web.Response:
+    identity = await authenticate(request)
+    role = request.query.get("role")
+    if role is not None and role not in ("professional", "client"):
+        raise Problem(
+            400,
+            "invalid_query",
+            "`role` must be `professional` or `client`.",
+            errors=[{"field": "role", "message": "must be professional or client"}],
+        )
+    limit, offset = page(request)
+    users = await service.list_users(
+        request.app[ctx_key], viewer=identity, role=role, limit=limit, offset=offset
+    )
+    return json_response([user_data(u) for u in users])
+
+
+def setup_routes(app: web.Application) -> None:
+    add_routes(
+        app,
+        [
+            ("POST", "/api/auth/signup", signup),
+            ("POST", "/api/auth/login", login),
+            ("POST", "/api/auth/refresh", refresh),
+            ("POST", "/api/auth/logout", logout),
+            ("GET", "/api/auth/me", me),
+            ("GET", "/api/users", list_users),
+        ],
+    )

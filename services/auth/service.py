@@ -1,0 +1,316 @@
+"""Auth use cases: sign up, log in, refresh, log out, and the users directory. No HTTP here."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import sqlalchemy.exc
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from redis.asyncio import Redis
+from sqlalchemy import or_, select, update
+
+from services.common.db import Database, utcnow
+from services.common.events import UserData, UserPayload, UserRegistered
+from services.common.outbox import stage
+from services.common.tokens import Identity, RevocationList, TokenIssuer, new_opaque_token
+
+from .tables import ClientLink, RefreshToken, User
+
+log = logging.getLogger(__name__)
+
+
+class AuthError(Exception):
+    """Base of the auth service's domain errors."""
+
+
+class EmailTaken(AuthError):
+    pass
+
+
+class InvalidCredentials(AuthError):
+    pass
+
+
+class InvalidRefreshToken(AuthError):
+    pass
+
+
+class UserNotFound(AuthError):
+    pass
+
+
+class RateLimited(AuthError):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("too many failed logins")
+        self.retry_after = retry_after
+
+
+class Passwords:
+    """argon2id hashing on worker threads, so a hash never blocks the event loop."""
+
+    def __init__(self, *, time_cost: int, memory_kib: int, parallelism: int, workers: int) -> None:
+        self._hasher = PasswordHasher(
+            time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism
+        )
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="argon2")
+        self._dummy: str | None = None
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def start(self) -> None:
+        # A real hash to verify against when the email is unknown, so an unknown email
+        # costs the same time as a wrong password and timing reveals nothing.
+        self._dummy = await self.hash(uuid.uuid4().hex)
+
+    async def hash(self, password: str) -> str:
+        return await self._run(self._hasher.hash, password)
+
+    async def verify(self, stored: str | None, password: str) -> bool:
+        try:
+            return await self._run(self._hasher.verify, stored or self._dummy, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    def needs_rehash(self, stored: str) -> bool:
+        return self._hasher.check_needs_rehash(stored)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class LoginLimiter:
+    """Sliding-window counts of failed logins per email and per client address, in Redis."""
+
+    def __init__(self, redis: Redis, *, per_email: int, per_ip: int, window: int) -> None:
+        self._redis = redis
+        self._limits = {"email": per_email, "ip": per_ip}
+        self._window = window
+
+    @staticmethod
+    def _keys(email: str, ip: str) -> dict[str, str]:
+        digest = hashlib.sha256(email.encode()).hexdigest()[:32]  # no address in Redis keys
+        return {"email": f"login:fail:email:{digest}", "ip": f"login:fail:ip:{ip}"}
+
+    async def check(self, email: str, ip: str) -> None:
+        now = time.time()
+        keys = self._keys(email, ip)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys.values():
+                pipe.zremrangebyscore(key, 0, now - self._window)
+                pipe.zcard(key)
+                pipe.zrange(key, 0, 0, withscores=True)
+            replies = await pipe.execute()
+        retry = 0
+        for i, kind in enumerate(keys):
+            count, oldest = replies[3 * i + 1], replies[3 * i + 2]
+            if count >= self._limits[kind] and oldest:
+                retry = max(retry, int(oldest[0][1] + self._window - now) + 1)
+        if retry:
+            raise RateLimited(retry)
+
+    async def failed(self, email: str, ip: str) -> None:
+        now = time.time()
+        member = f"{now:.6f}:{uuid.uuid4().hex[:8]}"
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in self._keys(email, ip).values():
+                pipe.zadd(key, {member: now})
+                pipe.expire(key, self._window + 60)
+            await pipe.execute()
+
+    async def succeeded(self, email: str, ip: str) -> None:
+        await self._redis.delete(self._keys(email, ip)["email"])
+
+
+@dataclass(slots=True)
+class AuthContext:
+    """Everything the use cases need, built once by the app factory."""
+
+    db: Database
+    passwords: Passwords
+    issuer: TokenIssuer
+    limiter: LoginLimiter
+    revocations: RevocationList
+    refresh_ttl: dt.timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    user: User
+    access_token: str
+    refresh_token: str
+
+
+def _hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def user_data(user: User) -> UserData:
+    return UserData(
+        id=user.id, name=user.name, email=user.email, role=user.role, created_at=user.created_at
+    )
+
+
+def _new_refresh(ctx: AuthContext, user: User, family_id: str) -> tuple[RefreshToken, str, str]:
+    access, claims = ctx.issuer.issue(user_id=user.id, role=user.role, session_id=family_id)
+    token = new_opaque_token()
+    row = RefreshToken(
+        user_id=user.id,
+        family_id=family_id,
+        token_hash=_hash_token(token),
+        expires_at=utcnow() + ctx.refresh_ttl,
+        access_jti=claims["jti"],
+        access_expires_at=dt.datetime.fromtimestamp(claims["exp"], dt.UTC),
+    )
+    return row, access, token
+
+
+async def signup(ctx: AuthContext, *, name: str, email: str, password: str, role: str) -> Session:
+    async with ctx.db.read() as session:
+        if await session.scalar(select(User.id).where(User.email == email)):
+            raise EmailTaken(email)
+    password_hash = await ctx.passwords.hash(password)
+    try:
+        async with ctx.db.transaction() as session:
+            user = User(name=name, email=email, role=role, password_hash=password_hash)
+            session.add(user)
+            await session.flush()
+            row, access, refresh = _new_refresh(ctx, user, uuid.uuid4().hex)
+            session.add(row)
+            stage(session, UserRegistered(data=UserPayload(user=user_data(user))))
+    except sqlalchemy.exc.IntegrityError as exc:  # a concurrent signup took the email
+        raise EmailTaken(email) from exc
+    return Session(user, access, refresh)
+
+
+async def login(ctx: AuthContext, *, email: str, password: str, client_ip: str) -> Session:
+    # Throttle before verifying: past the limit even the right password gets 429.
+    await ctx.limiter.check(email, client_ip)
+    async with ctx.db.read() as session:
+        user = await session.scalar(select(User).where(User.email == email))
+    ok = await ctx.passwords.verify(user.password_hash if user else None, password)
+    if not (user and ok):
+        await ctx.limiter.failed(email, client_ip)
+        raise InvalidCredentials()
+    await ctx.limiter.succeeded(email, client_ip)
+    new_hash = None
+    if ctx.passwords.needs_rehash(user.password_hash):
+        new_hash = await ctx.passwords.hash(password)
+    async with ctx.db.transaction() as session:
+        if new_hash:
+            await session.execute(
+                update(User).where(User.id == user.id).values(password_hash=new_hash)
+            )
+        row, access, refresh = _new_refresh(ctx, user, uuid.uuid4().hex)
+        session.add(row)
+    return Session(user, access, refresh)
+
+
+async def refresh(ctx: AuthContext, *, refresh_token: str) -> Session:
+    """Rotate a refresh token. Presenting a rotated one again revokes its whole family."""
+    now = utcnow()
+    async with ctx.db.transaction() as session:
+        row = await session.scalar(
+            select(RefreshToken).where(RefreshToken.token_hash == _hash_token(refresh_token))
+        )
+        if row is None or row.revoked_at is not None or row.expires_at <= now:
+            raise InvalidRefreshToken()
+        # Compare-and-set so two concurrent uses of one token cannot both rotate it.
+        claimed = await session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.id == row.id, RefreshToken.rotated_at.is_(None))
+            .values(rotated_at=now)
+        )
+        if claimed.rowcount == 1:
+            user = await session.get(User, row.user_id)
+            if user is None:
+                raise InvalidRefreshToken()
+            new_row, access, new_token = _new_refresh(ctx, user, row.family_id)
+            session.add(new_row)
+            return Session(user, access, new_token)
+    # Reuse of a rotated token: someone holds a stolen copy. End the whole session.
+    log.warning("refresh token reuse detected for user %s; revoking its family", row.user_id)
+    await revoke_family(ctx, family_id=row.family_id)
+    raise InvalidRefreshToken()
+
+
+async def revoke_family(ctx: AuthContext, *, family_id: str) -> None:
+    now = utcnow()
+    async with ctx.db.transaction() as session:
+        await session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        latest = await session.scalar(
+            select(RefreshToken.access_expires_at)
+            .where(RefreshToken.family_id == family_id)
+            .order_by(RefreshToken.access_expires_at.desc())
+            .limit(1)
+        )
+    if latest and latest > now:
+        # Every access token of the family carries `sid`: revoking it covers them all.
+        await ctx.revocations.revoke(jti=None, sid=family_id, expires_at=int(latest.timestamp()))
+
+
+async def logout(ctx: AuthContext, *, identity: Identity, refresh_token: str | None) -> None:
+    """The presented access token and the session's refresh token stop working at once."""
+    await ctx.revocations.revoke(jti=identity.jti, sid=identity.sid, expires_at=identity.expires_at)
+    families = {identity.sid} if identity.sid else set()
+    if refresh_token:
+        async with ctx.db.read() as session:
+            family = await session.scalar(
+                select(RefreshToken.family_id).where(
+                    RefreshToken.token_hash == _hash_token(refresh_token),
+                    RefreshToken.user_id == identity.user_id,
+                )
+            )
+        if family:
+            families.add(family)
+    now = utcnow()
+    async with ctx.db.transaction() as session:
+        for family in families:
+            await session.execute(
+                update(RefreshToken)
+                .where(RefreshToken.family_id == family, RefreshToken.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+
+
+async def get_user(ctx: AuthContext, *, user_id: int) -> User:
+    async with ctx.db.read() as session:
+        user = await session.get(User, user_id)
+    if user is None:
+        raise UserNotFound(user_id)
+    return user
+
+
+async def list_users(
+    ctx: AuthContext, *, viewer: Identity, role: str | None, limit: int, offset: int
+) -> list[User]:
+    """Professionals are listed to everyone; a client only to themself and to the
+    professionals with an accepted connection to them."""
+    visible = [User.role == "professional", User.id == viewer.user_id]
+    if viewer.role == "professional":
+        visible.append(
+            User.id.in_(
+                select(ClientLink.client_id).where(
+                    ClientLink.professional_id == viewer.user_id,
+                    ClientLink.status == "accepted",
+                )
+            )
+        )
+    query = select(User).where(or_(*visible))
+    if role:
+        query = query.where(User.role == role)
+    query = query.order_by(User.id.desc()).limit(limit).offset(offset)
+    async with ctx.db.read() as session:
+        return list((await session.scalars(query)).all())

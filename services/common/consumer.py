@@ -1,0 +1,255 @@
+"""Consumer groups on Redis Streams: at-least-once delivery, applied once per event.
+
+Written on redis-py rather than a FastStream subscriber because FastStream 0.7 creates
+groups at `$` (skipping history), reclaims with a separate XAUTOCLAIM-only subscriber one
+entry at a time, and stops for good when the group disappears (TECH-NOTES.md §1.3-1.5).
+This loop does all of it in one place:
+
+- the group is created at `0`, so events published before the first start are read;
+- the consumer name is stable per replica, and on start it re-reads its own pending
+  entries (a crash between handling and XACK), then new ones with `>`;
+- entries idle in another consumer's pending list are taken over with XAUTOCLAIM;
+- an event whose id was already applied is acknowledged without running the handler;
+- a handler failure leaves the entry pending; after `max_deliveries` it is copied to
+  `<stream>.dead` and acknowledged, so one poison event never blocks the rest;
+- a vanished group (Redis restarted without persistence, FLUSHALL) is re-created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import redis.exceptions
+from faststream.redis.parser import BinaryMessageFormatV1
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from .events import Event, parse_event
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Event], Awaitable[None]]
+DEDUP_TTL_SECONDS = 7 * 24 * 3600
+
+
+def dead_letter_stream(stream: str) -> str:
+    return f"{stream}.dead"
+
+
+def decode_entry(fields: dict[bytes, bytes]) -> Event:
+    """Parse one stream entry (FastStream binary frame, or a bare JSON field) into an Event."""
+    raw = fields.get(b"__data__")
+    if raw is None:
+        raise ValueError("entry has no __data__ field")
+    body, _headers = BinaryMessageFormatV1.parse(raw)
+    return parse_event(body)
+
+
+class Consumer:
+    """One consumer of one group over one or more streams."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        group: str,
+        consumer: str,
+        streams: Sequence[str],
+        handler: Handler,
+        max_deliveries: int = 5,
+        claim_idle_ms: int = 30_000,
+        claim_every: float = 5.0,
+        batch: int = 100,
+        block_ms: int = 2_000,
+    ) -> None:
+        self.redis = redis
+        self.group = group
+        self.consumer = consumer
+        self.streams = list(streams)
+        self.handler = handler
+        self.max_deliveries = max_deliveries
+        self.claim_idle_ms = claim_idle_ms
+        self.claim_every = claim_every
+        self.batch = batch
+        self.block_ms = block_ms
+        self.running = False
+        self.last_error: str | None = None
+        self.processed = 0
+        self.dead_lettered = 0
+
+    def _dedup_key(self, event_id: Any) -> str:
+        return f"consumed:{self.group}:{event_id}"
+
+    async def ensure_groups(self) -> None:
+        for stream in self.streams:
+            try:
+                await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except redis.exceptions.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def run(self) -> None:
+        """Consume until cancelled; Redis outages only pause it."""
+        backoff = 0.1
+        while True:
+            try:
+                await self.ensure_groups()
+                await self._drain_own_pending()
+                self.running = True
+                if self.last_error:
+                    log.info("consumer %s/%s resumed", self.group, self.consumer)
+                self.last_error = None
+                backoff = 0.1
+                await self._loop()
+            except asyncio.CancelledError:
+                self.running = False
+                raise
+            except redis.exceptions.ResponseError as exc:
+                self.running = False
+                if "NOGROUP" in str(exc):
+                    log.warning("group %s vanished; re-creating it", self.group)
+                    continue
+                self._note(exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except (redis.exceptions.RedisError, OSError) as exc:
+                self.running = False
+                self._note(exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _note(self, exc: BaseException) -> None:
+        if self.last_error is None:
+            log.warning("consumer %s/%s waiting for Redis: %r", self.group, self.consumer, exc)
+        self.last_error = repr(exc)
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_claim = loop.time() + self.claim_every
+        while True:
+            if loop.time() >= next_claim:
+                await self.reclaim()
+                next_claim = loop.time() + self.claim_every
+            timeout_ms = max(1, min(self.block_ms, int((next_claim - loop.time()) * 1000)))
+            reply = await self.redis.xreadgroup(
+                self.group,
+                self.consumer,
+                dict.fromkeys(self.streams, ">"),
+                count=self.batch,
+                block=timeout_ms,
+            )
+            await self._handle_reply(reply)
+
+    async def _drain_own_pending(self) -> None:
+        """Re-handle what this consumer read but never acknowledged before it stopped."""
+        cursor = dict.fromkeys(self.streams, "0")
+        while cursor:
+            reply = await self.redis.xreadgroup(self.group, self.consumer, cursor, count=self.batch)
+            progressed = {}
+            for stream, entries in reply or []:
+                name = _s(stream)
+                if entries:
+                    progressed[name] = _s(entries[-1][0])
+                await self._handle_entries(name, entries)
+            cursor = {s: i for s, i in progressed.items() if s in cursor}
+
+    async def reclaim(self) -> int:
+        """Take over entries left idle by a crashed consumer of the same group."""
+        count = 0
+        for stream in self.streams:
+            start = "0-0"
+            while True:
+                reply = await self.redis.xautoclaim(
+                    stream,
+                    self.group,
+                    self.consumer,
+                    min_idle_time=self.claim_idle_ms,
+                    start_id=start,
+                    count=self.batch,
+                )
+                start, entries = _s(reply[0]), reply[1]
+                entries = [e for e in entries if e and e[1] is not None]
+                count += len(entries)
+                await self._handle_entries(stream, entries)
+                if start == "0-0":
+                    break
+        return count
+
+    async def _handle_reply(self, reply: Any) -> None:
+        for stream, entries in reply or []:
+            await self._handle_entries(_s(stream), entries)
+
+    async def _handle_entries(self, stream: str, entries: list[Any]) -> None:
+        for entry_id, fields in entries:
+            await self._handle_one(stream, _s(entry_id), fields)
+
+    async def _handle_one(self, stream: str, entry_id: str, fields: dict[bytes, bytes]) -> None:
+        try:
+            event = decode_entry(fields or {})
+        except (ValidationError, ValueError) as exc:
+            log.error("undecodable entry %s on %s: %s", entry_id, stream, exc)
+            await self._dead_letter(stream, entry_id, fields or {}, f"undecodable: {exc}")
+            return
+        key = self._dedup_key(event.event_id)
+        if await self.redis.exists(key):
+            await self.redis.xack(stream, self.group, entry_id)
+            return
+        try:
+            await self.handler(event)
+        except asyncio.CancelledError:
+            raise
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            raise  # Redis itself is down: the whole loop waits, the entry stays pending
+        except Exception as exc:
+            await self._failed(stream, entry_id, fields, event, exc)
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, 1, ex=DEDUP_TTL_SECONDS)
+            pipe.xack(stream, self.group, entry_id)
+            await pipe.execute()
+        self.processed += 1
+
+    async def _failed(
+        self, stream: str, entry_id: str, fields: dict[bytes, bytes], event: Event, exc: Exception
+    ) -> None:
+        pending = await self.redis.xpending_range(
+            stream, self.group, min=entry_id, max=entry_id, count=1
+        )
+        deliveries = pending[0]["times_delivered"] if pending else 1
+        if deliveries >= self.max_deliveries:
+            log.error(
+                "event %s (%s) failed %d times in %s; dead-lettered: %r",
+                event.event_id,
+                event.type,
+                deliveries,
+                self.group,
+                exc,
+            )
+            await self._dead_letter(stream, entry_id, fields, repr(exc))
+        else:
+            log.warning(
+                "event %s (%s) failed in %s (try %d of %d), will retry: %r",
+                event.event_id,
+                event.type,
+                self.group,
+                deliveries,
+                self.max_deliveries,
+                exc,
+            )
+
+    async def _dead_letter(
+        self, stream: str, entry_id: str, fields: dict[bytes, bytes], reason: str
+    ) -> None:
+        record = {**fields, b"source_id": entry_id, b"group": self.group, b"error": reason[:1000]}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(dead_letter_stream(stream), record, maxlen=10_000, approximate=True)
+            pipe.xack(stream, self.group, entry_id)
+            await pipe.execute()
+        self.dead_lettered += 1
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

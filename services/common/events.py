@@ -1,0 +1,271 @@
+"""The event contracts: one envelope and one class per event type, for every component.
+
+Events are past-tense facts. A type gains fields over time and never loses or renames
+one; a breaking change is a new type. Consumers ignore types they do not know.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+AUTH_STREAM = "auth.events"
+CONNECTIONS_STREAM = "connections.events"
+ACTIVITIES_STREAM = "activities.events"
+
+
+def format_timestamp(value: dt.datetime) -> str:
+    """ISO 8601 in UTC with a `Z` suffix, millisecond precision, as API.md requires."""
+    value = value.astimezone(dt.UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+Timestamp = Annotated[dt.datetime, PlainSerializer(format_timestamp, return_type=str)]
+Role = Literal["professional", "client"]
+
+
+class _Model(BaseModel):
+    # Producers may add fields before consumers know them: keep them, never fail on them.
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class UserData(_Model):
+    id: int
+    name: str
+    email: str
+    role: Role
+    created_at: Timestamp
+
+
+class Party(_Model):
+    """One side of a connection; `id`/`name` are null for an email invite not yet bound."""
+
+    id: int | None
+    name: str | None
+    email: str
+
+
+class ConnectionData(_Model):
+    id: int
+    status: Literal["pending", "accepted", "rejected", "removed"]
+    initiated_by: Role
+    professional: Party
+    client: Party
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class InviteCounts(_Model):
+    pending: int = 0
+    accepted: int = 0
+    declined: int = 0
+
+
+class ActivityData(_Model):
+    id: int
+    professional_id: int
+    title: str
+    description: str
+    starts_at: Timestamp | None
+    capacity: int | None
+    created_at: Timestamp
+    invites: InviteCounts | None = None
+
+
+class InviteData(_Model):
+    id: int
+    status: Literal["pending", "accepted", "declined", "cancelled"]
+    client_id: int
+    activity: ActivityData
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class UserPayload(_Model):
+    user: UserData
+
+
+class ConnectionPayload(_Model):
+    connection: ConnectionData
+
+
+class InvitePayload(_Model):
+    invite: InviteData
+
+
+class ActivityPayload(_Model):
+    activity: ActivityData
+
+
+class Event(_Model):
+    """The envelope every event travels in."""
+
+    stream: ClassVar[str] = ""
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    type: str
+    occurred_at: Timestamp = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    producer: str
+    version: int = 1
+    data: Any
+    # Who is notified of this fact (API.md's notification table); empty when nobody is.
+    recipient_ids: list[int] = Field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class UserRegistered(Event):
+    stream: ClassVar[str] = AUTH_STREAM
+    type: Literal["user.registered"] = "user.registered"
+    producer: str = "auth"
+    data: UserPayload
+
+
+class _ConnectionEvent(Event):
+    stream: ClassVar[str] = CONNECTIONS_STREAM
+    producer: str = "connections"
+    data: ConnectionPayload
+
+
+class ConnectionRequested(_ConnectionEvent):
+    type: Literal["connection.requested"] = "connection.requested"
+
+
+class ConnectionInvited(_ConnectionEvent):
+    type: Literal["connection.invited"] = "connection.invited"
+
+
+class ConnectionAccepted(_ConnectionEvent):
+    type: Literal["connection.accepted"] = "connection.accepted"
+
+
+class ConnectionRejected(_ConnectionEvent):
+    type: Literal["connection.rejected"] = "connection.rejected"
+
+
+class ConnectionRemoved(_ConnectionEvent):
+    type: Literal["connection.removed"] = "connection.removed"
+
+
+class _ActivityEvent(Event):
+    stream: ClassVar[str] = ACTIVITIES_STREAM
+    producer: str = "activities"
+
+
+class ActivityCreated(_ActivityEvent):
+    type: Literal["activity.created"] = "activity.created"
+    data: ActivityPayload
+
+
+class ActivityCancelled(_ActivityEvent):
+    type: Literal["activity.cancelled"] = "activity.cancelled"
+    data: ActivityPayload
+
+
+class ActivityInvited(_ActivityEvent):
+    type: Literal["activity.invited"] = "activity.invited"
+    data: InvitePayload
+
+
+class ActivityInviteAccepted(_ActivityEvent):
+    type: Literal["activity.invite_accepted"] = "activity.invite_accepted"
+    data: InvitePayload
+
+
+class ActivityInviteDeclined(_ActivityEvent):
+    type: Literal["activity.invite_declined"] = "activity.invite_declined"
+    data: InvitePayload
+
+
+class ActivityInviteCancelled(_ActivityEvent):
+    type: Literal["activity.invite_cancelled"] = "activity.invite_cancelled"
+    data: InvitePayload
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.model_fields["type"].default: cls
+    for cls in (
+        UserRegistered,
+        ConnectionRequested,
+        ConnectionInvited,
+        ConnectionAccepted,
+        ConnectionRejected,
+        ConnectionRemoved,
+        ActivityCreated,
+        ActivityCancelled,
+        ActivityInvited,
+        ActivityInviteAccepted,
+        ActivityInviteDeclined,
+        ActivityInviteCancelled,
+    )
+}
+
+
+def parse_event(raw: bytes | str) -> Event:
+    """Validate an envelope, and its data too when the type is known."""
+    envelope = Event.model_validate_json(raw)
+    cls = EVENT_TYPES.get(envelope.type)
+    return cls.model_validate_json(raw) if cls else envelope
+
+
+_T0 = "2026-11-24T07:00:00.000Z"
+_ACTIVITY = {
+    "id": 3,
+    "professional_id": 1,
+    "title": "Morning Workout",
+    "description": "Stretching in the park",
+    "starts_at": None,
+    "capacity": 8,
+    "created_at": _T0,
+}
+_INVITE = {
+    "id": 9,
+    "status": "pending",
+    "client_id": 2,
+    "activity": _ACTIVITY,
+    "created_at": _T0,
+    "updated_at": _T0,
+}
+_CONNECTION = {
+    "id": 7,
+    "status": "pending",
+    "initiated_by": "client",
+    "professional": {"id": 1, "name": "Dr Ada", "email": "ada@example.com"},
+    "client": {"id": 2, "name": "Bob", "email": "bob@example.com"},
+    "created_at": _T0,
+    "updated_at": _T0,
+}
+
+# One example `data` per type: documentation, and a test validates each against its class.
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "user.registered": {
+        "user": {
+            "id": 2,
+            "name": "Bob",
+            "email": "bob@example.com",
+            "role": "client",
+            "created_at": _T0,
+        }
+    },
+    "connection.requested": {"connection": _CONNECTION},
+    "connection.invited": {
+        "connection": {
+            **_CONNECTION,
+            "initiated_by": "professional",
+            "client": {"id": None, "name": None, "email": "new@example.com"},
+        }
+    },
+    "connection.accepted": {"connection": {**_CONNECTION, "status": "accepted"}},
+    "connection.rejected": {"connection": {**_CONNECTION, "status": "rejected"}},
+    "connection.removed": {"connection": {**_CONNECTION, "status": "removed"}},
+    "activity.created": {"activity": {**_ACTIVITY, "invites": {"pending": 0}}},
+    "activity.cancelled": {"activity": {**_ACTIVITY, "invites": {"pending": 1, "accepted": 2}}},
+    "activity.invited": {"invite": _INVITE},
+    "activity.invite_accepted": {"invite": {**_INVITE, "status": "accepted"}},
+    "activity.invite_declined": {"invite": {**_INVITE, "status": "declined"}},
+    "activity.invite_cancelled": {"invite": {**_INVITE, "status": "cancelled"}},
+}

@@ -1,0 +1,66 @@
+"""Alembic, run from code: every service migrates its own database on start."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from alembic import command, context
+from alembic.config import Config
+from sqlalchemy import MetaData, pool, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+log = logging.getLogger(__name__)
+
+MIGRATION_LOCK = 0x6D696772  # any constant: serialises replicas migrating one database
+
+
+def alembic_config(script_location: Path, database_url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(script_location))
+    cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    cfg.attributes["configure_logger"] = False
+    return cfg
+
+
+def upgrade(script_location: Path, database_url: str, revision: str = "head") -> None:
+    """Bring the database to `revision`; safe to call from several replicas at once."""
+    command.upgrade(alembic_config(script_location, database_url), revision)
+
+
+def run_env(metadata: MetaData) -> None:
+    """Body of every service's migrations/env.py."""
+    url = context.config.get_main_option("sqlalchemy.url")
+    if context.is_offline_mode():
+        context.configure(url=url, target_metadata=metadata, literal_binds=True)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    asyncio.run(_run_online(url, metadata))
+
+
+def _migrate(connection: Connection, metadata: MetaData) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
+        connection.commit()
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        render_as_batch=connection.dialect.name == "sqlite",  # SQLite ALTERs need batch mode
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _run_online(url: str, metadata: MetaData) -> None:
+    connect_args = {"timeout": 30} if url.startswith("sqlite") else {}
+    engine = create_async_engine(url, poolclass=pool.NullPool, connect_args=connect_args)
+    try:
+        async with engine.connect() as conn:
+            await conn.run_sync(_migrate, metadata)
+            await conn.commit()
+    finally:
+        await engine.dispose()

@@ -1,0 +1,251 @@
+"""Transactional outbox: events are written with the change, then relayed to Redis Streams.
+
+`Outbox.add()` stages an event on the session; just before that transaction commits the
+staged rows are inserted, so the change and its event commit (or roll back) together.
+The relay, one active per database, XADDs unsent rows in id order and marks them sent.
+Rows are numbered in commit order: on PostgreSQL the insert takes a transaction-level
+advisory lock, and SQLite has a single writer, so no later id can commit before an
+earlier one and a stream keeps commit order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import fcntl
+import logging
+import zlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import redis.exceptions
+import sqlalchemy.exc
+from faststream.redis.parser import BinaryMessageFormatV1
+from redis.asyncio import Redis
+from sqlalchemy import BigInteger, Index, Integer, String, Text, delete, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, declared_attr, mapped_column
+
+from .db import Database, UTCDateTime, utcnow
+from .events import Event
+
+log = logging.getLogger(__name__)
+
+BATCH = 200
+POLL_SECONDS = 1.0
+RETENTION = dt.timedelta(hours=24)
+STAGED = "outbox.staged"
+Id = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER only
+
+
+class OutboxMixin:
+    """Columns of a service's `outbox` table; each service maps it on its own Base."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    stream: Mapped[str] = mapped_column(String(100))
+    type: Mapped[str] = mapped_column(String(100))
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    published_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    stream_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[Any, ...]:
+        return (Index("ix_outbox_unpublished", "published_at", "id"),)
+
+
+async def encode(payload: bytes, *, event_id: str, event_type: str) -> bytes:
+    """FastStream's wire format, so any FastStream subscriber can read our streams too."""
+    return await BinaryMessageFormatV1.encode(
+        message=payload,
+        reply_to=None,
+        headers={
+            "content-type": "application/json",
+            "event-id": event_id,
+            "event-type": event_type,
+        },
+        correlation_id=event_id,
+    )
+
+
+def stage(session: AsyncSession, event: Event) -> None:
+    """Write `event` in the transaction `session` belongs to."""
+    session.info.setdefault(STAGED, []).append(event)
+
+
+class Outbox:
+    """Owns the relay of one service: staging hooks, leader lock, publish loop."""
+
+    def __init__(
+        self,
+        db: Database,
+        redis: Redis,
+        model: type[OutboxMixin],
+        *,
+        name: str,
+        maxlen: int = 100_000,
+    ) -> None:
+        self.db = db
+        self.redis = redis
+        self.model = model
+        self.name = name
+        self.maxlen = maxlen
+        self._wake = asyncio.Event()
+        self.leader = False
+        self.last_error: str | None = None
+        self.published = 0
+        db.on_before_commit(self._insert_staged)
+        db.on_after_commit(self._after_commit)
+
+    async def _insert_staged(self, session: AsyncSession) -> None:
+        events: list[Event] = session.info.pop(STAGED, [])
+        if not events:
+            return
+        if self.db.dialect == "postgresql":
+            # Held until commit: rows get ids in commit order (see module docstring).
+            await session.execute(
+                text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(self.name)}
+            )
+        session.add_all(
+            self.model(
+                event_id=str(e.event_id),
+                stream=e.stream,
+                type=e.type,
+                payload=e.to_json().decode(),
+            )
+            for e in events
+        )
+        await session.flush()
+        session.info["outbox.wake"] = True
+
+    def _after_commit(self, session: AsyncSession) -> None:
+        if session.info.pop("outbox.wake", False):
+            self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def publish_pending(self) -> int:
+        """Publish one batch of unsent rows in order; returns how many were sent."""
+        m = self.model
+        async with self.db.read() as session:
+            rows = (
+                await session.execute(
+                    select(m.id, m.event_id, m.stream, m.type, m.payload)
+                    .where(m.published_at.is_(None))
+                    .order_by(m.id)
+                    .limit(BATCH)
+                )
+            ).all()
+        if not rows:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for row in rows:
+                data = await encode(
+                    row.payload.encode(), event_id=row.event_id, event_type=row.type
+                )
+                pipe.xadd(row.stream, {"__data__": data}, maxlen=self.maxlen, approximate=True)
+            stream_ids = await pipe.execute()
+        async with self.db.transaction() as session:
+            now = utcnow()
+            for row, sid in zip(rows, stream_ids, strict=True):
+                await session.execute(
+                    update(m).where(m.id == row.id).values(published_at=now, stream_id=_decode(sid))
+                )
+        self.published += len(rows)
+        return len(rows)
+
+    async def purge_published(self) -> None:
+        m = self.model
+        async with self.db.transaction() as session:
+            await session.execute(
+                delete(m).where(m.published_at.is_not(None), m.published_at < utcnow() - RETENTION)
+            )
+
+    async def run(self) -> None:
+        """Relay forever: wait to be leader, then publish on every wake-up or poll."""
+        while True:
+            try:
+                async with self._leadership():
+                    await self._pump()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the lock's connection dropped: start over
+                self._note_error(exc)
+                await asyncio.sleep(1)
+
+    async def _pump(self) -> None:
+        backoff = 0.1
+        last_purge = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            self._wake.clear()
+            try:
+                sent = await self.publish_pending()
+                if self.last_error:
+                    log.info("%s outbox relay resumed", self.name)
+                self.last_error = None
+                backoff = 0.1
+                if loop.time() - last_purge > 600:
+                    await self.purge_published()
+                    last_purge = loop.time()
+            except (redis.exceptions.RedisError, sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
+                # Redis or the database is down: the rows wait in the outbox; retry later.
+                self._note_error(exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if sent == BATCH:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+
+    def _note_error(self, exc: BaseException) -> None:
+        if self.last_error is None:
+            log.warning("%s outbox relay waiting: %r", self.name, exc)
+        self.last_error = repr(exc)
+
+    @contextlib.asynccontextmanager
+    async def _leadership(self) -> AsyncIterator[None]:
+        """Hold the one lock that makes this process the only relay of its database."""
+        if self.db.dialect == "postgresql":
+            async with self.db.engine.connect() as conn:
+                while not await conn.scalar(
+                    text("SELECT pg_try_advisory_lock(:k)"), {"k": _lock_key(self.name + ".relay")}
+                ):
+                    await conn.rollback()
+                    await asyncio.sleep(2)
+                await conn.commit()
+                self.leader = True
+                try:
+                    yield
+                finally:
+                    self.leader = False
+            return
+        path = Path(self.db.engine.url.database or "memory").with_suffix(".relay.lock")
+        with path.open("a") as fh:
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(2)
+            self.leader = True
+            try:
+                yield
+            finally:
+                self.leader = False
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _lock_key(name: str) -> int:
+    return zlib.crc32(f"outbox:{name}".encode())
+
+
+def _decode(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

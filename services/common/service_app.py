@@ -1,0 +1,218 @@
+"""The shape every service shares: app factory, cleanup contexts, health, entry point.
+
+A service describes itself with a `ServiceSpec` (its tables' outbox model, routes,
+domain errors, and what it consumes); everything else is built here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from .consumer import Consumer, Handler
+from .db import Database
+from .migrations import upgrade
+from .outbox import Outbox, OutboxMixin
+from .problems import DomainErrors, domain_error_middleware
+from .settings import CommonSettings, ServiceSettings
+from .tokens import RevocationList, TokenVerifier, ensure_dev_keys, load_public_key
+from .web import (
+    base_app,
+    configure_logging,
+    json_response,
+    redis_key,
+    revocations_key,
+    verifier_key,
+)
+from .web import serve as serve_app
+
+log = logging.getLogger(__name__)
+
+db_key = web.AppKey("db", Database)
+outbox_key = web.AppKey("outbox", Outbox)
+consumer_key = web.AppKey("consumer", Consumer)
+settings_key = web.AppKey("settings", CommonSettings)
+
+CleanupCtx = Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]
+
+
+@dataclass
+class Subscription:
+    """What a service consumes: its group, the streams, and the handler given the DB."""
+
+    group: str
+    streams: Sequence[str]
+    handler: Callable[[Database], Handler]
+
+
+@dataclass
+class ServiceSpec:
+    name: str
+    outbox_model: type[OutboxMixin]
+    setup_routes: Callable[[web.Application], None]
+    errors: DomainErrors
+    migrations: Path
+    subscription: Subscription | None = None
+    contexts: list[Any] = field(default_factory=list)
+
+
+def make_redis(url: str) -> Redis:
+    # One quick retry heals a pooled connection broken by a Redis restart; more would only
+    # delay the 503 a caller should get while Redis is really down.
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        health_check_interval=15,
+        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
+    )
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    client = make_redis(app[settings_key].redis_url)
+    app[redis_key] = client
+    if app[settings_key].check_revocation:
+        app[revocations_key] = RevocationList(client)
+    yield
+    await client.aclose()
+
+
+def verifier_for(settings: CommonSettings) -> TokenVerifier:
+    key = load_public_key(settings.jwt_public_key, settings.public_key_path)
+    return TokenVerifier(key, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+
+
+@contextlib.asynccontextmanager
+async def background(coro: Any, name: str) -> AsyncIterator[asyncio.Task[Any]]:
+    """Run a task for the app's lifetime; cancelled and awaited on shutdown."""
+    task = asyncio.create_task(coro, name=name)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Application:
+    app = base_app(settings, middlewares=[domain_error_middleware(spec.errors)])
+    app[settings_key] = settings
+    app[verifier_key] = verifier_for(settings)
+
+    async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+        db = Database(settings.database_url or "")
+        app[db_key] = db
+        yield
+        await db.dispose()
+
+    async def relay_ctx(app: web.Application) -> AsyncIterator[None]:
+        outbox = Outbox(
+            app[db_key],
+            app[redis_key],
+            spec.outbox_model,
+            name=spec.name,
+            maxlen=settings.stream_maxlen,
+        )
+        app[outbox_key] = outbox
+        async with background(outbox.run(), f"{spec.name}-relay"):
+            yield
+
+    async def consumer_ctx(app: web.Application) -> AsyncIterator[None]:
+        sub = spec.subscription
+        if sub is None:
+            yield
+            return
+        consumer = Consumer(
+            app[redis_key],
+            group=sub.group,
+            consumer=settings.consumer_name,
+            streams=sub.streams,
+            handler=sub.handler(app[db_key]),
+            max_deliveries=settings.consumer_max_deliveries,
+            claim_idle_ms=settings.consumer_claim_idle_ms,
+        )
+        app[consumer_key] = consumer
+        async with background(consumer.run(), f"{spec.name}-consumer"):
+            yield
+
+    app.cleanup_ctx.extend([database_ctx, redis_ctx, relay_ctx, *spec.contexts, consumer_ctx])
+    app.router.add_get("/health", health)
+    spec.setup_routes(app)
+    return app
+
+
+async def health(request: web.Request) -> web.Response:
+    """Liveness of this service's dependencies: database, Redis, relay and consumer."""
+    app = request.app
+    checks: dict[str, Any] = {}
+
+    async def probe(name: str, coro: Any) -> None:
+        try:
+            await asyncio.wait_for(coro, 2)
+            checks[name] = {"status": "ok"}
+        except Exception as exc:
+            checks[name] = {"status": "down", "error": type(exc).__name__}
+
+    await asyncio.gather(
+        probe("database", app[db_key].ping()), probe("redis", app[redis_key].ping())
+    )
+    outbox = app[outbox_key]
+    checks["outbox_relay"] = {
+        "status": "down" if outbox.last_error else "ok",
+        "leader": outbox.leader,
+        "published": outbox.published,
+    }
+    if consumer_key in app:
+        consumer = app[consumer_key]
+        checks["consumer"] = {
+            "status": "ok" if consumer.running else "down",
+            "processed": consumer.processed,
+            "dead_lettered": consumer.dead_lettered,
+        }
+    ok = all(c["status"] == "ok" for c in checks.values())
+    body = {
+        "status": "ok" if ok else "degraded",
+        "service": app[settings_key].service_name,
+        "checks": checks,
+    }
+    return json_response(body, status=200 if ok else 503)
+
+
+def trusted_networks(values: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(v, strict=False) for v in values]
+
+
+def run_service(
+    settings: ServiceSettings,
+    migrations: Path,
+    factory: Callable[[ServiceSettings], web.Application],
+) -> None:
+    """Entry point of a service process: dev keys if needed, migrate, then serve."""
+    configure_logging(settings.log_level)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.production and not settings.jwt_public_key:
+        ensure_dev_keys(settings.keys_dir / "jwt_ed25519.pem", settings.public_key_path)
+    log.info("%s: migrating %s", settings.service_name, _safe_url(settings.database_url or ""))
+    upgrade(migrations, settings.database_url or "")
+
+    async def build() -> web.Application:
+        return factory(settings)
+
+    serve_app(build, settings)
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,199 @@
+"""JWT access tokens signed with Ed25519 (EdDSA): keys, issue, verify, revocation list."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import secrets
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+import orjson
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from redis.asyncio import Redis
+
+log = logging.getLogger(__name__)
+
+ALGORITHM = "EdDSA"
+ROLES = frozenset({"professional", "client"})
+REVOCATION_CHANNEL = "auth.revocations"
+REQUIRED_CLAIMS = ["exp", "iat", "sub", "jti", "iss", "aud"]
+
+
+class InvalidToken(Exception):
+    """The token is missing, malformed, expired, wrongly signed or revoked."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who made a request, as proven by a verified access token."""
+
+    user_id: int
+    role: str
+    jti: str
+    sid: str
+    expires_at: int
+
+
+def _write_atomically(path: Path, data: bytes, mode: int) -> bool:
+    """Create `path` with `data` unless it exists; True when this call created it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)  # fails if another process won the race: theirs is kept
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+
+
+def ensure_dev_keys(private_path: Path, public_path: Path) -> None:
+    """Generate a development key pair on first start; several processes may race here."""
+    if private_path.exists() and public_path.exists():
+        return
+    key = Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    if _write_atomically(private_path, private_pem, 0o600):
+        log.info("generated a development signing key in %s", private_path.parent)
+    # Always derive the public key from whichever private key won.
+    key = serialization.load_pem_private_key(private_path.read_bytes(), password=None)
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    if not public_path.exists():
+        _write_atomically(public_path, public_pem, 0o644)
+
+
+def load_public_key(pem: str | None, path: Path) -> Ed25519PublicKey:
+    data = pem.encode() if pem else path.read_bytes()
+    key = serialization.load_pem_public_key(data)
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError("JWT public key must be an Ed25519 key")
+    return key
+
+
+def load_private_key(pem: str | None, path: Path) -> Ed25519PrivateKey:
+    data = pem.encode() if pem else path.read_bytes()
+    key = serialization.load_pem_private_key(data, password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError("JWT private key must be an Ed25519 key")
+    return key
+
+
+class TokenVerifier:
+    """Checks signature, algorithm, expiry, issuer and audience of an access token."""
+
+    def __init__(self, public_key: Ed25519PublicKey, *, issuer: str, audience: str) -> None:
+        self._key = public_key
+        self._issuer = issuer
+        self._audience = audience
+
+    def verify(self, token: str) -> Identity:
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[ALGORITHM],
+                issuer=self._issuer,
+                audience=self._audience,
+                options={"require": REQUIRED_CLAIMS},
+                leeway=5,
+            )
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            raise InvalidToken(type(exc).__name__) from exc
+        sub, role = claims.get("sub"), claims.get("role")
+        if not (isinstance(sub, str) and sub.isdigit() and role in ROLES):
+            raise InvalidToken("bad claims")
+        if claims.get("typ") != "access":
+            raise InvalidToken("not an access token")
+        return Identity(
+            user_id=int(sub),
+            role=role,
+            jti=str(claims["jti"]),
+            sid=str(claims.get("sid", "")),
+            expires_at=int(claims["exp"]),
+        )
+
+
+class TokenIssuer:
+    """Signs access tokens; only the auth service holds the private key."""
+
+    def __init__(
+        self, private_key: Ed25519PrivateKey, *, issuer: str, audience: str, ttl: dt.timedelta
+    ) -> None:
+        self._key = private_key
+        self._issuer = issuer
+        self._audience = audience
+        self.ttl = ttl
+
+    def issue(self, *, user_id: int, role: str, session_id: str) -> tuple[str, dict[str, Any]]:
+        now = dt.datetime.now(dt.UTC)
+        claims = {
+            "iss": self._issuer,
+            "aud": self._audience,
+            "sub": str(user_id),
+            "role": role,
+            "typ": "access",
+            "sid": session_id,
+            "jti": uuid.uuid4().hex,
+            "iat": int(now.timestamp()),
+            "exp": int((now + self.ttl).timestamp()),
+        }
+        return jwt.encode(claims, self._key, algorithm=ALGORITHM), claims
+
+
+def new_opaque_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class RevocationList:
+    """Revoked access tokens (by `jti`) and sessions (by `sid`), kept in Redis until expiry."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    @staticmethod
+    def _ttl(expires_at: int) -> int:
+        return max(1, expires_at - int(dt.datetime.now(dt.UTC).timestamp()) + 10)
+
+    async def revoke(self, *, jti: str | None, sid: str | None, expires_at: int) -> None:
+        ttl = self._ttl(expires_at)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            if jti:
+                pipe.set(f"revoked:jti:{jti}", 1, ex=ttl)
+            if sid:
+                pipe.set(f"revoked:sid:{sid}", 1, ex=ttl)
+            # Lets gateways close the live sockets opened with these tokens.
+            pipe.publish(REVOCATION_CHANNEL, orjson.dumps({"jti": jti, "sid": sid}))
+            await pipe.execute()
+
+    async def is_revoked(self, identity: Identity) -> bool:
+        keys = [f"revoked:jti:{identity.jti}"]
+        if identity.sid:
+            keys.append(f"revoked:sid:{identity.sid}")
+        return any(await self._redis.mget(keys))
+
+
+def bearer_token(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()

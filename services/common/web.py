@@ -1,0 +1,266 @@
+"""HTTP plumbing shared by the services and the gateway: JSON in and out, identity,
+pagination, request ids, an access log without secrets, and the process entry point."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from pydantic import BaseModel, ValidationError
+from redis.asyncio import Redis
+
+from .problems import Problem, error_middleware
+from .settings import CommonSettings
+from .tokens import Identity, InvalidToken, RevocationList, TokenVerifier, bearer_token
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+MAX_ID = 2**63 - 1
+JSON_TYPES = ("application/json",)
+
+M = TypeVar("M", bound=BaseModel)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+verifier_key = web.AppKey("verifier", TokenVerifier)
+revocations_key = web.AppKey("revocations", RevocationList)
+redis_key = web.AppKey("redis", Redis)
+identity_key = "identity"
+
+
+def dumps(data: Any) -> bytes:
+    return orjson.dumps(data, default=_default)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    body = data.model_dump_json().encode() if isinstance(data, BaseModel) else dumps(data)
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type in JSON_TYPES or (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    )
+
+
+def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    errors = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        errors.append({"field": loc, "message": err["msg"]})
+    return errors
+
+
+async def read_json(request: web.Request, model: type[M]) -> M:
+    """Parse and validate the body: 413 if too large, 415 if not JSON, 400 if invalid.
+
+    An empty body counts as `{}`; unknown fields are ignored (the models decide).
+    """
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise Problem(413, "payload_too_large", "The request body is larger than 64 KiB.")
+    raw = await request.read()  # client_max_size turns an oversize chunked body into 413
+    if not raw.strip():
+        raw = b"{}"
+    elif not _is_json(request.content_type):
+        raise Problem(415, "unsupported_media_type", "Send the body as application/json.")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Problem(400, "malformed_json", "The request body is not valid JSON.") from exc
+    if not isinstance(data, dict):
+        raise Problem(
+            400,
+            "validation_error",
+            "The request body must be a JSON object.",
+            errors=[{"field": "body", "message": "expected a JSON object"}],
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise Problem(
+            400, "validation_error", "The request body is invalid.", errors=_field_errors(exc)
+        ) from exc
+
+
+def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not re.fullmatch(r"\d{1,12}", raw) or not low <= int(raw) <= high:
+        raise Problem(
+            400,
+            "invalid_query",
+            f"`{name}` must be an integer from {low} to {high}.",
+            errors=[{"field": name, "message": f"must be an integer from {low} to {high}"}],
+        )
+    return int(raw)
+
+
+def page(request: web.Request) -> tuple[int, int]:
+    """`?limit=` (1-200, default 50) and `?offset=` (default 0)."""
+    limit = query_int(request, "limit", 50, 1, 200)
+    offset = query_int(request, "offset", 0, 0, 10**9)
+    return limit, offset
+
+
+def path_id(request: web.Request, name: str = "id") -> int:
+    """A positive id from the path; anything else names nothing, so it is a 404."""
+    raw = request.match_info.get(name, "")
+    if not raw.isdigit() or not 0 < int(raw) <= MAX_ID:
+        raise Problem(404, "not_found", "No such resource.")
+    return int(raw)
+
+
+async def authenticate(request: web.Request) -> Identity:
+    """The caller's identity from a verified bearer token, else 401."""
+    cached = request.get(identity_key)
+    if cached is not None:
+        return cached
+    token = bearer_token(request.headers.get("Authorization"))
+    if token is None:
+        raise Problem(
+            401,
+            "unauthorized",
+            "A bearer access token is required.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    try:
+        identity = request.app[verifier_key].verify(token)
+    except InvalidToken as exc:
+        raise Problem(
+            401,
+            "invalid_token",
+            "The access token is invalid or expired.",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        ) from exc
+    revocations = request.app.get(revocations_key)
+    if revocations is not None and await revocations.is_revoked(identity):
+        raise Problem(
+            401,
+            "token_revoked",
+            "The access token has been revoked.",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    request[identity_key] = identity
+    return identity
+
+
+async def require_role(request: web.Request, role: str) -> Identity:
+    identity = await authenticate(request)
+    if identity.role != role:
+        raise Problem(403, "forbidden_role", f"Only a {role} may do this.")
+    return identity
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Keep a well-formed incoming X-Request-Id (from the gateway), else make one."""
+    incoming = request.headers.get("X-Request-Id", "")
+    rid = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    request["request_id"] = rid
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers["X-Request-Id"] = rid
+        raise
+    response.headers["X-Request-Id"] = rid
+    return response
+
+
+def add_routes(app: web.Application, routes: list[tuple[str, str, Handler]]) -> None:
+    """Register each route with and without a trailing slash (API.md: they are one route)."""
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler)
+        alias = path[:-1] if path.endswith("/") else path + "/"
+        if alias:
+            app.router.add_route(method, alias, handler)
+
+
+_SECRET_QUERY = re.compile(r"((?:^|[?&])(?:token|access_token|refresh_token)=)[^&\s]*", re.I)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request; never the query values or headers that may carry a token."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        path = _SECRET_QUERY.sub(r"\1[redacted]", request.path_qs)
+        self.logger.info(
+            "%s %s %s %d %.1fms rid=%s",
+            request.remote,
+            request.method,
+            path,
+            response.status,
+            time * 1000,
+            response.headers.get("X-Request-Id", "-"),
+        )
+
+
+def base_app(
+    settings: CommonSettings,
+    *,
+    middlewares: list[Any] | None = None,
+    outer: list[Any] | None = None,
+) -> web.Application:
+    """An application with the shared middlewares and body limit.
+
+    `outer` middlewares wrap everything (they see final responses, errors included);
+    `middlewares` run inside the error handler (their exceptions become problems).
+    """
+    return web.Application(
+        middlewares=[*(outer or []), request_id_middleware, error_middleware, *(middlewares or [])],
+        client_max_size=MAX_BODY,
+    )
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def serve(app_factory: Callable[[], Awaitable[web.Application]], settings: CommonSettings) -> None:
+    """Run an app until SIGINT/SIGTERM; sockets and tasks are closed within a few seconds."""
+    configure_logging(settings.log_level)
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:  # pragma: no cover - uvloop is a pinned dependency
+        pass
+    web.run_app(
+        app_factory(),
+        host=settings.host,
+        port=settings.port,
+        access_log_class=AccessLogger,
+        shutdown_timeout=3.0,
+        print=None,
+        backlog=1024,
+    )
+
+
+async def not_ready(request: web.Request) -> web.StreamResponse:
+    """A route of the contract whose service is not built yet: a 503, never a fake result."""
+    await authenticate(request)
+    raise Problem(
+        503,
+        "not_available_yet",
+        "This part of the API is not available yet.",
+        headers={"Retry-After": "3600"},
+    )

@@ -1,0 +1,1 @@
+"""Connections service: owns the connections domain (see API.md)."""
