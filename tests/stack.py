@@ -1,0 +1,180 @@
+"""The whole system as real processes: three services and the gateway on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from .infra import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES = ("auth", "connections", "activities")
+MODULES = {name: f"services.{name}" for name in SERVICES} | {"gateway": "gateway"}
+
+
+def run_async(coro: Any) -> Any:
+    """Run a coroutine to completion from sync code, even inside a running loop's thread."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def with_redis_db(url: str, db: int) -> str:
+    base = url.split("?")[0].rstrip("/")
+    head, _, last = base.rpartition("/")
+    if last.isdigit() and head.count("/") >= 2:
+        base = head
+    return f"{base}/{db}"
+
+
+async def _admin(url: str, statements: list[str]) -> None:
+    import asyncpg
+
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = await asyncpg.connect(dsn)
+    try:
+        for sql in statements:
+            await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+class Stack:
+    """Services + gateway as subprocesses, on SQLite files or on PostgreSQL databases."""
+
+    def __init__(
+        self,
+        *,
+        backend: str,
+        root: Path,
+        redis_url: str,
+        postgres_url: str | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.root = root
+        self.redis_url = redis_url
+        self.postgres_url = postgres_url
+        self.ports = {name: free_port() for name in MODULES}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.databases: dict[str, str] = {}
+        tag = uuid.uuid4().hex[:8]
+        for name in SERVICES:
+            if backend == "postgres":
+                assert postgres_url
+                self.databases[name] = (
+                    make_url(postgres_url)
+                    .set(database=f"hc_{tag}_{name}")
+                    .render_as_string(hide_password=False)
+                )
+            else:
+                self.databases[name] = f"sqlite+aiosqlite:///{root / (name + '.db')}"
+        self.env = {
+            **os.environ,
+            "DATA_DIR": str(root),
+            "REDIS_URL": redis_url,
+            "LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+            "INSTANCE_ID": f"test-{tag}",
+            "CONSUMER_CLAIM_IDLE_MS": "1000",
+            # Every test logs in from 127.0.0.1: keep the per-address throttle out of the
+            # way (tests of it go straight to auth with their own X-Forwarded-For).
+            "AUTH_LOGIN_MAX_FAILURES_PER_IP": "100000",
+            **(extra_env or {}),
+        }
+        for name, port in self.ports.items():
+            self.env[f"{name.upper()}_PORT"] = str(port)
+            if name != "gateway":
+                self.env[f"{name.upper()}_URL"] = f"http://127.0.0.1:{port}"
+                self.env[f"{name.upper()}_DATABASE_URL"] = self.databases[name]
+        self.env.pop("DATABASE_URL", None)
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['gateway']}"
+
+    def service_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def log_path(self, name: str) -> Path:
+        return self.root / f"{name}.log"
+
+    def create_databases(self) -> None:
+        if self.backend == "postgres":
+            names = [make_url(u).database for u in self.databases.values()]
+            run_async(_admin(self.postgres_url or "", [f'CREATE DATABASE "{n}"' for n in names]))
+
+    def drop_databases(self) -> None:
+        if self.backend == "postgres":
+            names = [make_url(u).database for u in self.databases.values()]
+            run_async(
+                _admin(
+                    self.postgres_url or "",
+                    [f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)' for n in names],
+                )
+            )
+
+    def start_process(self, name: str) -> None:
+        log = self.log_path(name).open("ab")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", MODULES[name]],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def stop_process(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.procs.pop(name, None)
+        if proc and proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def wait_healthy(self, timeout: float = 60.0, url: str | None = None) -> None:
+        url = url or self.gateway_url + "/api/health"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited early:\n{self.logs(name)}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"stack not healthy after {timeout}s:\n{self.all_logs()}")
+
+    def logs(self, name: str) -> str:
+        path = self.log_path(name)
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def all_logs(self) -> str:
+        return "\n".join(f"--- {n} ---\n{self.logs(n)}" for n in MODULES)
+
+    def start(self) -> None:
+        self.create_databases()
+        for name in MODULES:
+            self.start_process(name)
+        self.wait_healthy()
+
+    def stop(self) -> None:
+        for name in list(self.procs):
+            self.stop_process(name)
+        self.drop_databases()
