@@ -33,7 +33,9 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 
 bench: $(STAMP)
-	$(PY) -m bench.auth_login
+	@command -v wrk >/dev/null || apt-get install -y wrk
+	$(PY) -m bench.auth_bench sqlite
+	$(PY) -m bench.auth_bench postgres
 
 clean:
 	rm -rf var .pytest_cache

@@ -1,0 +1,1 @@
+"""Benchmarks: each starts the system on real processes and prints its figures."""
