@@ -6,9 +6,10 @@ import ipaddress
 from typing import Annotated, Literal
 
 from aiohttp import web
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic import EmailStr, Field, StringConstraints
 
 from services.common.problems import DomainErrors, Problem
+from services.common.schemas import RequestModel, text
 from services.common.tokens import Identity
 from services.common.web import (
     add_routes,
@@ -37,41 +38,27 @@ ERRORS: DomainErrors = {
 }
 
 
-def _no_control_chars(value: str) -> str:
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError("must not contain control characters")
-    return value
-
-
-Name = Annotated[
-    str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
-    AfterValidator(_no_control_chars),
-]
+Name = text(1, 100)
 Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-
-
-class SignupBody(_Body):
+class SignupBody(RequestModel):
     name: Name
     email: Annotated[EmailStr, Field(max_length=254)]
     password: Password
     role: Literal["professional", "client"]
 
 
-class LoginBody(_Body):
+class LoginBody(RequestModel):
     email: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=320)]
     password: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 
 
-class RefreshBody(_Body):
+class RefreshBody(RequestModel):
     refresh_token: Annotated[str, StringConstraints(min_length=1, max_length=512)]
 
 
-class LogoutBody(_Body):
+class LogoutBody(RequestModel):
     refresh_token: Annotated[str, StringConstraints(max_length=512)] | None = None
 
 
@@ -122,7 +109,7 @@ async def login(request: web.Request) -> web.Response:
     body = await read_json(request, LoginBody)
     session = await service.login(
         request.app[ctx_key],
-        email=body.email.lower(),
+        email=login_email(body.email),
         password=body.password,
         client_ip=client_ip(request),
     )

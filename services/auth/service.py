@@ -8,6 +8,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -140,6 +141,8 @@ class AuthContext:
     limiter: LoginLimiter
     revocations: RevocationList
     refresh_ttl: dt.timedelta
+    # Waits until the copy of connections has applied every event already published.
+    catch_up: Callable[[], Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +302,8 @@ async def list_users(
     """Professionals are listed to everyone; a client only to themself and to the
     professionals with an accepted connection to them."""
     visible = [User.role == "professional", User.id == viewer.user_id]
-    if viewer.role == "professional":
+    if viewer.role == "professional" and role != "professional":
+        await ctx.catch_up()  # a connection accepted a moment ago makes its client visible
         visible.append(
             User.id.in_(
                 select(ClientLink.client_id).where(

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String
+from sqlalchemy import ForeignKey, Index, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.db import UTCDateTime, utcnow
 from services.common.outbox import OutboxMixin
-
-Id = BigInteger().with_variant(Integer(), "sqlite")
+from services.common.tables import Id
 
 
 class Base(DeclarativeBase):

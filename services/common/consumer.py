@@ -253,3 +253,58 @@ class Consumer:
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _id_tuple(entry_id: Any) -> tuple[int, int]:
+    ms, _, seq = _s(entry_id).partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def wait_caught_up(
+    client: Redis, *, group: str, streams: Sequence[str], within: float = 1.0
+) -> bool:
+    """Wait until `group` has handled every entry already on `streams` (all replicas).
+
+    The read-your-writes barrier for local copies, used where a read or a check depends
+    on another service's recent write. When the group is idle it costs one pipelined
+    round trip; otherwise it polls every few milliseconds. False when time ran out.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    targets: dict[str, tuple[int, int]] | None = None
+    while True:
+        async with client.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                pipe.xinfo_stream(stream)
+                pipe.xinfo_groups(stream)
+                pipe.xpending(stream, group)
+            replies = await pipe.execute(raise_on_error=False)
+        if targets is None:
+            targets = {}
+            for i, stream in enumerate(streams):
+                info = replies[3 * i]
+                if not isinstance(info, Exception):  # no stream yet: nothing to wait for
+                    targets[stream] = _id_tuple(info["last-generated-id"])
+        if all(_handled(replies, i, s, group, targets) for i, s in enumerate(streams)):
+            return True
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.002)
+
+
+def _handled(
+    replies: list[Any], i: int, stream: str, group: str, targets: dict[str, tuple[int, int]]
+) -> bool:
+    target = targets.get(stream)
+    if target is None:
+        return True
+    groups, pending = replies[3 * i + 1], replies[3 * i + 2]
+    if isinstance(groups, Exception):
+        return False
+    mine = next((g for g in groups if _s(g["name"]) == group), None)
+    if mine is None or _id_tuple(mine["last-delivered-id"]) < target:
+        return False
+    if isinstance(pending, Exception) or not pending["pending"]:
+        return not isinstance(pending, Exception)
+    # Something is still pending: fine only if all of it came after the target.
+    return _id_tuple(pending["min"]) > target

@@ -64,7 +64,9 @@ class InviteCounts(_Model):
     declined: int = 0
 
 
-class ActivityData(_Model):
+class ActivitySummary(_Model):
+    """An activity as embedded in an invite (no invite counts)."""
+
     id: int
     professional_id: int
     title: str
@@ -72,14 +74,17 @@ class ActivityData(_Model):
     starts_at: Timestamp | None
     capacity: int | None
     created_at: Timestamp
-    invites: InviteCounts | None = None
+
+
+class ActivityData(ActivitySummary):
+    invites: InviteCounts
 
 
 class InviteData(_Model):
     id: int
     status: Literal["pending", "accepted", "declined", "cancelled"]
     client_id: int
-    activity: ActivityData
+    activity: ActivitySummary
     created_at: Timestamp
     updated_at: Timestamp
 

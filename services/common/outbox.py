@@ -24,12 +24,13 @@ import redis.exceptions
 import sqlalchemy.exc
 from faststream.redis.parser import BinaryMessageFormatV1
 from redis.asyncio import Redis
-from sqlalchemy import BigInteger, Index, Integer, String, Text, delete, select, text, update
+from sqlalchemy import Index, String, Text, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
 from .db import Database, UTCDateTime, utcnow
 from .events import Event
+from .tables import Id
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ BATCH = 200
 POLL_SECONDS = 1.0
 RETENTION = dt.timedelta(hours=24)
 STAGED = "outbox.staged"
-Id = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER only
 
 
 class OutboxMixin:

@@ -253,14 +253,3 @@ def serve(app_factory: Callable[[], Awaitable[web.Application]], settings: Commo
         print=None,
         backlog=1024,
     )
-
-
-async def not_ready(request: web.Request) -> web.StreamResponse:
-    """A route of the contract whose service is not built yet: a 503, never a fake result."""
-    await authenticate(request)
-    raise Problem(
-        503,
-        "not_available_yet",
-        "This part of the API is not available yet.",
-        headers={"Retry-After": "3600"},
-    )

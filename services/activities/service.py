@@ -1,0 +1,353 @@
+"""Activities use cases: create, invite, respond, list, delete, and the connection cascade.
+No HTTP here."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy.exc
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.common.db import Database, utcnow
+from services.common.events import (
+    ActivityCancelled,
+    ActivityCreated,
+    ActivityData,
+    ActivityInviteAccepted,
+    ActivityInviteCancelled,
+    ActivityInvited,
+    ActivityInviteDeclined,
+    ActivityPayload,
+    ActivitySummary,
+    ConnectionData,
+    InviteCounts,
+    InviteData,
+    InvitePayload,
+)
+from services.common.outbox import stage
+from services.common.tokens import Identity
+
+from .tables import OPEN, Activity, ConnectionCopy, Invite
+
+
+class ActivitiesError(Exception):
+    """Base of the activities service's domain errors."""
+
+
+class ActivityNotFound(ActivitiesError):
+    pass
+
+
+class NotConnected(ActivitiesError):
+    pass
+
+
+class AlreadyInvited(ActivitiesError):
+    pass
+
+
+class InviteNotFound(ActivitiesError):
+    pass
+
+
+class InviteNotPending(ActivitiesError):
+    pass
+
+
+class ActivityFull(ActivitiesError):
+    pass
+
+
+@dataclass(slots=True)
+class ActivitiesContext:
+    db: Database
+    # Waits until the connections copy has applied every event already published.
+    catch_up: Callable[[], Awaitable[bool]]
+
+
+def summary(activity: Activity) -> ActivitySummary:
+    return ActivitySummary(
+        id=activity.id,
+        professional_id=activity.professional_id,
+        title=activity.title,
+        description=activity.description,
+        starts_at=activity.starts_at,
+        capacity=activity.capacity,
+        created_at=activity.created_at,
+    )
+
+
+def activity_view(activity: Activity, counts: InviteCounts) -> ActivityData:
+    return ActivityData(**summary(activity).model_dump(), invites=counts)
+
+
+def invite_view(invite: Invite, activity: Activity) -> InviteData:
+    return InviteData(
+        id=invite.id,
+        status=invite.status,
+        client_id=invite.client_id,
+        activity=summary(activity),
+        created_at=invite.created_at,
+        updated_at=invite.updated_at,
+    )
+
+
+async def _counts(session: AsyncSession, activity_ids: Sequence[int]) -> dict[int, InviteCounts]:
+    """Invite counts of many activities in one grouped query (no N+1)."""
+    if not activity_ids:
+        return {}
+    rows = await session.execute(
+        select(Invite.activity_id, Invite.status, func.count())
+        .where(
+            Invite.activity_id.in_(activity_ids),
+            Invite.status.in_(("pending", "accepted", "declined")),
+        )
+        .group_by(Invite.activity_id, Invite.status)
+    )
+    found: dict[int, dict[str, int]] = {}
+    for activity_id, status, count in rows:
+        found.setdefault(activity_id, {})[status] = count
+    return {a: InviteCounts(**found.get(a, {})) for a in activity_ids}
+
+
+async def create_activity(
+    ctx: ActivitiesContext,
+    *,
+    identity: Identity,
+    title: str,
+    description: str,
+    starts_at: dt.datetime | None,
+    capacity: int | None,
+) -> ActivityData:
+    async with ctx.db.transaction() as session:
+        activity = Activity(
+            professional_id=identity.user_id,
+            title=title,
+            description=description,
+            starts_at=starts_at,
+            capacity=capacity,
+            created_at=utcnow(),
+        )
+        session.add(activity)
+        await session.flush()
+        data = activity_view(activity, InviteCounts())
+        stage(session, ActivityCreated(data=ActivityPayload(activity=data)))
+    return data
+
+
+async def _owned_activity(
+    session: AsyncSession, identity: Identity, activity_id: int, *, lock: bool = False
+) -> Activity:
+    query = select(Activity).where(
+        Activity.id == activity_id,
+        Activity.professional_id == identity.user_id,
+        Activity.deleted_at.is_(None),
+    )
+    if lock:
+        query = query.with_for_update()
+    activity = await session.scalar(query)
+    if activity is None:
+        raise ActivityNotFound(activity_id)
+    return activity
+
+
+async def _connected(ctx: ActivitiesContext, professional_id: int, client_id: int) -> bool:
+    query = select(ConnectionCopy.connection_id).where(
+        ConnectionCopy.professional_id == professional_id,
+        ConnectionCopy.client_id == client_id,
+        ConnectionCopy.status == "accepted",
+    )
+    async with ctx.db.read() as session:
+        if await session.scalar(query.limit(1)):
+            return True
+    # A connection accepted a moment ago may not have reached the copy yet.
+    if await ctx.catch_up():
+        async with ctx.db.read() as session:
+            return bool(await session.scalar(query.limit(1)))
+    return False
+
+
+async def invite(
+    ctx: ActivitiesContext, *, identity: Identity, activity_id: int, client_id: int
+) -> InviteData:
+    async with ctx.db.read() as session:
+        await _owned_activity(session, identity, activity_id)
+    if not await _connected(ctx, identity.user_id, client_id):
+        raise NotConnected(client_id)
+    try:
+        async with ctx.db.transaction() as session:
+            activity = await _owned_activity(session, identity, activity_id)
+            existing = await session.scalar(
+                select(Invite.id).where(
+                    Invite.activity_id == activity_id,
+                    Invite.client_id == client_id,
+                    Invite.status.in_(OPEN),
+                )
+            )
+            if existing:
+                raise AlreadyInvited(existing)
+            now = utcnow()
+            row = Invite(
+                activity_id=activity.id,
+                professional_id=identity.user_id,
+                client_id=client_id,
+                status="pending",
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(row)
+            await session.flush()
+            data = invite_view(row, activity)
+            stage(
+                session, ActivityInvited(data=InvitePayload(invite=data), recipient_ids=[client_id])
+            )
+    except sqlalchemy.exc.IntegrityError as exc:  # a concurrent invite won the race
+        raise AlreadyInvited(activity_id) from exc
+    return data
+
+
+async def respond(
+    ctx: ActivitiesContext, *, identity: Identity, invite_id: int, accept: bool
+) -> InviteData:
+    async with ctx.db.transaction() as session:
+        row = await session.scalar(
+            select(Invite)
+            .where(Invite.id == invite_id, Invite.client_id == identity.user_id)
+            .with_for_update()
+        )
+        if row is None:
+            raise InviteNotFound(invite_id)
+        if row.status != "pending":
+            raise InviteNotPending(invite_id)
+        # Lock the activity: accepts of one activity queue here, so the capacity check
+        # and the update below cannot interleave (SQLite: one writer at a time anyway).
+        activity = await session.scalar(
+            select(Activity).where(Activity.id == row.activity_id).with_for_update()
+        )
+        assert activity is not None
+        if accept and activity.capacity is not None:
+            accepted = await session.scalar(
+                select(func.count()).where(
+                    Invite.activity_id == activity.id, Invite.status == "accepted"
+                )
+            )
+            if accepted >= activity.capacity:
+                raise ActivityFull(activity.id)
+        row.status = "accepted" if accept else "declined"
+        row.updated_at = utcnow()
+        data = invite_view(row, activity)
+        event_cls = ActivityInviteAccepted if accept else ActivityInviteDeclined
+        stage(
+            session,
+            event_cls(data=InvitePayload(invite=data), recipient_ids=[row.professional_id]),
+        )
+    return data
+
+
+async def list_activities(
+    ctx: ActivitiesContext, *, identity: Identity, limit: int, offset: int
+) -> list[ActivityData]:
+    async with ctx.db.read() as session:
+        activities = (
+            await session.scalars(
+                select(Activity)
+                .where(Activity.professional_id == identity.user_id, Activity.deleted_at.is_(None))
+                .order_by(Activity.id.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+        ).all()
+        counts = await _counts(session, [a.id for a in activities])
+    return [activity_view(a, counts[a.id]) for a in activities]
+
+
+async def list_invites(
+    ctx: ActivitiesContext, *, identity: Identity, limit: int, offset: int
+) -> list[InviteData]:
+    await ctx.catch_up()  # invites cancelled by a connection removal a moment ago show so
+    async with ctx.db.read() as session:
+        rows = (
+            await session.execute(
+                select(Invite, Activity)
+                .join(Activity, Activity.id == Invite.activity_id)
+                .where(Invite.client_id == identity.user_id)
+                .order_by(Invite.id.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+        ).all()
+    return [invite_view(i, a) for i, a in rows]
+
+
+async def delete_activity(ctx: ActivitiesContext, *, identity: Identity, activity_id: int) -> None:
+    async with ctx.db.transaction() as session:
+        activity = await _owned_activity(session, identity, activity_id, lock=True)
+        counts = (await _counts(session, [activity.id]))[activity.id]
+        notified = (
+            await session.scalars(
+                select(Invite.client_id).where(
+                    Invite.activity_id == activity.id, Invite.status.in_(OPEN)
+                )
+            )
+        ).all()
+        now = utcnow()
+        await session.execute(
+            update(Invite)
+            .where(Invite.activity_id == activity.id, Invite.status.in_(OPEN))
+            .values(status="cancelled", updated_at=now)
+        )
+        activity.deleted_at = now
+        stage(
+            session,
+            ActivityCancelled(
+                data=ActivityPayload(activity=activity_view(activity, counts)),
+                recipient_ids=sorted(set(notified)),
+            ),
+        )
+
+
+async def on_connection_changed(db: Database, connection: ConnectionData) -> None:
+    """Keep the copy of connections; a removal cancels the pending invites of the pair.
+
+    An event older than the stored state is ignored, so redelivery and reordering
+    leave the newest state, and a cancellation happens once.
+    """
+    async with db.transaction() as session:
+        copy = await session.get(ConnectionCopy, connection.id, with_for_update=True)
+        if copy is not None and connection.updated_at < copy.updated_at:
+            return
+        if copy is None:
+            copy = ConnectionCopy(connection_id=connection.id)
+            session.add(copy)
+        copy.professional_id = connection.professional.id or 0
+        copy.client_id = connection.client.id
+        copy.status = connection.status
+        copy.updated_at = connection.updated_at
+        if connection.status != "removed" or connection.client.id is None:
+            return
+        rows = (
+            await session.execute(
+                select(Invite, Activity)
+                .join(Activity, Activity.id == Invite.activity_id)
+                .where(
+                    Invite.professional_id == connection.professional.id,
+                    Invite.client_id == connection.client.id,
+                    Invite.status == "pending",
+                )
+                .with_for_update(of=Invite)
+            )
+        ).all()
+        now = utcnow()
+        for row, activity in rows:
+            row.status = "cancelled"
+            row.updated_at = now
+            stage(
+                session,
+                ActivityInviteCancelled(
+                    data=InvitePayload(invite=invite_view(row, activity)),
+                    recipient_ids=[row.client_id],
+                ),
+            )

@@ -1,0 +1,64 @@
+"""Building blocks of request bodies, shared so every service validates the same way."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
+
+MAX_ID = 2**63 - 1
+
+
+def no_control_chars(value: str) -> str:
+    # NUL and friends break PostgreSQL text and logs; no field of ours needs them.
+    if any((ord(c) < 32 and c not in "\t\n\r") or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def single_line(value: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def utc(value: dt.datetime) -> dt.datetime:
+    """Naive timestamps are taken as UTC; aware ones are converted to it."""
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class RequestModel(BaseModel):
+    """A request body: strict types (no "5" for 5), unknown fields ignored."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+Id = Annotated[int, Field(strict=True, gt=0, le=MAX_ID)]
+
+
+def text(min_length: int, max_length: int, *, multiline: bool = False) -> object:
+    return Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=min_length, max_length=max_length),
+        AfterValidator(no_control_chars if multiline else single_line),
+    ]
+
+
+def iso_string(value: object) -> object:
+    # Lax datetime parsing would also take numbers as epoch seconds; we want ISO 8601 text.
+    if not isinstance(value, str):
+        raise ValueError("must be an ISO 8601 date-time string")
+    return value
+
+
+Timestamp = Annotated[
+    dt.datetime, BeforeValidator(iso_string), Field(strict=False), AfterValidator(utc)
+]
