@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 from aiohttp import web
+from pydantic import BaseModel
 
-from services.common.problems import Problem
+from services.common.openapi import Route, document_paths, merge, register
+from services.common.problems import Problem, unavailable
 from services.common.service_app import redis_ctx, settings_key, verifier_for
 from services.common.tokens import ensure_dev_keys
 from services.common.web import (
@@ -26,8 +28,10 @@ from .config import GatewaySettings
 from .cors import cors_middleware
 from .proxy import forward, session_key
 
+VERSION = "1.0.0"
 PUBLIC_PATHS = frozenset({"/api/auth/signup", "/api/auth/login", "/api/auth/refresh"})
 upstreams_key = web.AppKey("upstreams", dict)
+openapi_parts_key = web.AppKey("openapi_parts", dict)
 
 
 def _upstream_route(name: str, *, public: frozenset[str] = frozenset()) -> Any:
@@ -78,6 +82,39 @@ async def health(request: web.Request) -> web.Response:
     return response
 
 
+async def openapi(request: web.Request) -> web.Response:
+    """The one public document: the gateway's routes plus every service's own part."""
+    app = request.app
+    parts: dict[str, Any] = app[openapi_parts_key]
+    missing = [name for name in app[upstreams_key] if name not in parts]
+
+    async def fetch(name: str) -> None:
+        url = app[upstreams_key][name] + "/openapi.json"
+        async with app[session_key].get(url, timeout=aiohttp.ClientTimeout(total=3)) as resp:
+            if resp.status == 200:
+                parts[name] = await resp.json()
+
+    await asyncio.gather(*(fetch(n) for n in missing), return_exceptions=True)
+    if any(name not in parts for name in app[upstreams_key]):
+        raise unavailable("A service did not describe its routes; try again shortly.")
+    own = {"paths": {}, "components": {"schemas": {}}}
+    own["paths"], own["components"]["schemas"] = document_paths(ROUTES, {})
+    document = merge([own, *parts.values()], title="HealthConnect API", version=VERSION)
+    return json_response(document)
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "degraded"]
+    checks: dict[str, Any]
+
+
+ROUTES = [
+    Route("GET", "/api/health", health, "Health of the gateway and every dependency",
+          response=HealthOut, auth=False),
+    Route("GET", "/api/openapi.json", openapi, "This document", auth=False),
+]  # fmt: skip
+
+
 async def upstream_session_ctx(app: web.Application) -> AsyncIterator[None]:
     settings: GatewaySettings = app[settings_key]
     connector = aiohttp.TCPConnector(
@@ -113,9 +150,9 @@ def create_app(settings: GatewaySettings | None = None) -> web.Application:
     users = _upstream_route("auth")
     connections = _upstream_route("connections")
     activities = _upstream_route("activities")
+    app[openapi_parts_key] = {}
+    register(app, ROUTES)
     router = app.router
-    for path in ("/api/health", "/api/health/"):
-        router.add_get(path, health)
     router.add_route("*", "/api/auth/{tail:.*}", auth)
     router.add_route("*", "/api/users", users)
     router.add_route("*", "/api/users/{tail:.*}", users)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import Field, RootModel
 
+from services.common.events import ActivityData, InviteData
+from services.common.openapi import PAGE_PARAMS, Route
 from services.common.problems import DomainErrors
 from services.common.schemas import Id, RequestModel, Timestamp, text
 from services.common.web import (
-    add_routes,
     authenticate,
     json_response,
     page,
@@ -58,7 +59,7 @@ class InviteBody(RequestModel):
     client_id: Id
 
 
-class RespondBody(RequestModel):
+class InviteRespondBody(RequestModel):
     invite_id: Id
     action: Literal["accept", "decline"]
 
@@ -91,7 +92,7 @@ async def invite(request: web.Request) -> web.Response:
 
 async def respond(request: web.Request) -> web.Response:
     identity = await require_role(request, "client")
-    body = await read_json(request, RespondBody)
+    body = await read_json(request, InviteRespondBody)
     data = await service.respond(
         request.app[ctx_key],
         identity=identity,
@@ -121,14 +122,22 @@ async def delete_activity(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def setup_routes(app: web.Application) -> None:
-    add_routes(
-        app,
-        [
-            ("POST", "/api/activities/", create_activity),
-            ("POST", "/api/activities/invite", invite),
-            ("POST", "/api/activities/respond", respond),
-            ("GET", "/api/activities/list", list_mine),
-            ("DELETE", "/api/activities/{id}", delete_activity),
-        ],
-    )
+class ActivityOrInvite(RootModel[ActivityData | InviteData]):
+    """A professional's list holds activities; a client's list holds invites."""
+
+
+ROUTES = [
+    Route("POST", "/api/activities/", create_activity, "A professional creates an activity",
+          status=201, body=CreateActivityBody, response=ActivityData, role="professional"),
+    Route("POST", "/api/activities/invite", invite, "The owner invites a connected client",
+          status=201, body=InviteBody, response=InviteData, role="professional",
+          raises=[service.ActivityNotFound, service.NotConnected, service.AlreadyInvited]),
+    Route("POST", "/api/activities/respond", respond, "The invitee accepts or declines",
+          body=InviteRespondBody, response=InviteData, role="client",
+          raises=[service.InviteNotFound, service.InviteNotPending, service.ActivityFull]),
+    Route("GET", "/api/activities/list", list_mine,
+          "Activities created (professional) or invites received (client)",
+          response=ActivityOrInvite, many=True, query=PAGE_PARAMS),
+    Route("DELETE", "/api/activities/{id}", delete_activity, "The owner deletes an activity",
+          status=204, role="professional", raises=[service.ActivityNotFound]),
+]  # fmt: skip

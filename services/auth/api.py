@@ -6,13 +6,14 @@ import ipaddress
 from typing import Annotated, Literal
 
 from aiohttp import web
-from pydantic import EmailStr, Field, StringConstraints
+from pydantic import BaseModel, EmailStr, Field, StringConstraints, TypeAdapter, ValidationError
 
+from services.common.events import UserData
+from services.common.openapi import PAGE_PARAMS, Route
 from services.common.problems import DomainErrors, Problem
 from services.common.schemas import RequestModel, text
 from services.common.tokens import Identity
 from services.common.web import (
-    add_routes,
     authenticate,
     json_response,
     page,
@@ -49,6 +50,18 @@ class SignupBody(RequestModel):
     role: Literal["professional", "client"]
 
 
+_email = TypeAdapter(EmailStr)
+
+
+def login_email(raw: str) -> str:
+    """The address as signup stores it (same normalisation, then lower-case), so the very
+    string accepted at signup also logs in; anything else is only lower-cased."""
+    try:
+        return _email.validate_python(raw).lower()
+    except ValidationError:
+        return raw.lower()
+
+
 class LoginBody(RequestModel):
     email: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=320)]
     password: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
@@ -62,16 +75,22 @@ class LogoutBody(RequestModel):
     refresh_token: Annotated[str, StringConstraints(max_length=512)] | None = None
 
 
+class SessionOut(BaseModel):
+    """What sign-up, login and refresh answer."""
+
+    user: UserData
+    token: str
+    refresh_token: str
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - a scheme name, not a secret
+
+
 def _session_json(session: Session, status: int) -> web.Response:
-    return json_response(
-        {
-            "user": user_data(session.user),
-            "token": session.access_token,
-            "refresh_token": session.refresh_token,
-            "token_type": "Bearer",
-        },
-        status=status,
+    out = SessionOut(
+        user=user_data(session.user),
+        token=session.access_token,
+        refresh_token=session.refresh_token,
     )
+    return json_response(out, status=status)
 
 
 def client_ip(request: web.Request) -> str:
@@ -152,15 +171,22 @@ async def list_users(request: web.Request) -> web.Response:
     return json_response([user_data(u) for u in users])
 
 
-def setup_routes(app: web.Application) -> None:
-    add_routes(
-        app,
-        [
-            ("POST", "/api/auth/signup", signup),
-            ("POST", "/api/auth/login", login),
-            ("POST", "/api/auth/refresh", refresh),
-            ("POST", "/api/auth/logout", logout),
-            ("GET", "/api/auth/me", me),
-            ("GET", "/api/users", list_users),
-        ],
-    )
+ROLE_QUERY = {
+    "name": "role",
+    "in": "query",
+    "schema": {"type": "string", "enum": ["professional", "client"]},
+}
+
+ROUTES = [
+    Route("POST", "/api/auth/signup", signup, "Create an account", status=201, body=SignupBody,
+          response=SessionOut, auth=False, raises=[service.EmailTaken]),
+    Route("POST", "/api/auth/login", login, "Log in", body=LoginBody, response=SessionOut,
+          auth=False, raises=[service.InvalidCredentials, service.RateLimited]),
+    Route("POST", "/api/auth/refresh", refresh, "Rotate a refresh token", body=RefreshBody,
+          response=SessionOut, auth=False, raises=[service.InvalidRefreshToken]),
+    Route("POST", "/api/auth/logout", logout, "Log out", status=204, body=LogoutBody),
+    Route("GET", "/api/auth/me", me, "The caller", response=UserData,
+          raises=[service.UserNotFound]),
+    Route("GET", "/api/users", list_users, "The users directory", response=UserData, many=True,
+          query=[ROLE_QUERY, *PAGE_PARAMS]),
+]  # fmt: skip

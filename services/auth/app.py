@@ -70,7 +70,7 @@ def create_app(settings: AuthSettings | None = None) -> web.Application:
     spec = ServiceSpec(
         name="auth",
         outbox_model=OutboxEvent,
-        setup_routes=api.setup_routes,
+        routes=api.ROUTES,
         errors=api.ERRORS,
         migrations=MIGRATIONS,
         subscription=Subscription(group=bus.GROUP, streams=bus.STREAMS, handler=bus.handler),

@@ -10,7 +10,7 @@ import datetime as dt
 import uuid
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
 
 AUTH_STREAM = "auth.events"
 CONNECTIONS_STREAM = "connections.events"
@@ -23,7 +23,20 @@ def format_timestamp(value: dt.datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
-Timestamp = Annotated[dt.datetime, PlainSerializer(format_timestamp, return_type=str)]
+def _as_sent(value: dt.datetime) -> dt.datetime:
+    """Keep what the wire keeps (UTC, milliseconds), so an event equals its parsed JSON."""
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def _now() -> dt.datetime:
+    return _as_sent(dt.datetime.now(dt.UTC))
+
+
+Timestamp = Annotated[
+    dt.datetime, AfterValidator(_as_sent), PlainSerializer(format_timestamp, return_type=str)
+]
 Role = Literal["professional", "client"]
 
 
@@ -112,7 +125,7 @@ class Event(_Model):
 
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
     type: str
-    occurred_at: Timestamp = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    occurred_at: Timestamp = Field(default_factory=_now)
     producer: str
     version: int = 1
     data: Any

@@ -226,6 +226,11 @@ class Outbox:
                     yield
                 finally:
                     self.leader = False
+                    # The session-level lock outlives this block: back in the pool, the
+                    # connection would keep it and no relay (this one included) could lead
+                    # again until the process exits. Closing the connection frees it.
+                    with contextlib.suppress(Exception):
+                        await conn.invalidate()
             return
         path = Path(self.db.engine.url.database or "memory").with_suffix(".relay.lock")
         with path.open("a") as fh:

@@ -23,6 +23,7 @@ from redis.retry import Retry
 from .consumer import Consumer, Handler
 from .db import Database
 from .migrations import upgrade
+from .openapi import Route, openapi_handler, register
 from .outbox import Outbox, OutboxMixin
 from .problems import DomainErrors, domain_error_middleware
 from .settings import CommonSettings, ServiceSettings
@@ -60,7 +61,7 @@ class Subscription:
 class ServiceSpec:
     name: str
     outbox_model: type[OutboxMixin]
-    setup_routes: Callable[[web.Application], None]
+    routes: Sequence[Route]
     errors: DomainErrors
     migrations: Path
     subscription: Subscription | None = None
@@ -148,7 +149,8 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Appl
 
     app.cleanup_ctx.extend([database_ctx, redis_ctx, relay_ctx, *spec.contexts, consumer_ctx])
     app.router.add_get("/health", health)
-    spec.setup_routes(app)
+    app.router.add_get("/openapi.json", openapi_handler(spec.routes, spec.errors))
+    register(app, spec.routes)
     return app
 
 

@@ -183,15 +183,6 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     return response
 
 
-def add_routes(app: web.Application, routes: list[tuple[str, str, Handler]]) -> None:
-    """Register each route with and without a trailing slash (API.md: they are one route)."""
-    for method, path, handler in routes:
-        app.router.add_route(method, path, handler)
-        alias = path[:-1] if path.endswith("/") else path + "/"
-        if alias:
-            app.router.add_route(method, alias, handler)
-
-
 _SECRET_QUERY = re.compile(r"((?:^|[?&])(?:token|access_token|refresh_token)=)[^&\s]*", re.I)
 
 

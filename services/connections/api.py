@@ -7,10 +7,11 @@ from typing import Annotated, Literal
 from aiohttp import web
 from pydantic import EmailStr, Field
 
+from services.common.events import ConnectionData
+from services.common.openapi import PAGE_PARAMS, Route
 from services.common.problems import DomainErrors, Problem
 from services.common.schemas import Id, RequestModel
 from services.common.web import (
-    add_routes,
     authenticate,
     json_response,
     page,
@@ -64,7 +65,7 @@ class InviteClientBody(RequestModel):
     client_email: Annotated[EmailStr, Field(max_length=254)]
 
 
-class RespondBody(RequestModel):
+class ConnectionRespondBody(RequestModel):
     connection_id: Id
     action: Literal["accept", "reject"]
 
@@ -89,7 +90,7 @@ async def invite_client(request: web.Request) -> web.Response:
 
 async def respond(request: web.Request) -> web.Response:
     identity = await authenticate(request)
-    body = await read_json(request, RespondBody)
+    body = await read_json(request, ConnectionRespondBody)
     connection = await service.respond(
         request.app[ctx_key],
         identity=identity,
@@ -122,14 +123,25 @@ async def remove(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def setup_routes(app: web.Application) -> None:
-    add_routes(
-        app,
-        [
-            ("POST", "/api/connection/request-pro", request_pro),
-            ("POST", "/api/connection/invite-client", invite_client),
-            ("POST", "/api/connection/respond", respond),
-            ("GET", "/api/connection/list", list_connections),
-            ("DELETE", "/api/connection/{id}", remove),
-        ],
-    )
+STATUS_QUERY = {
+    "name": "status",
+    "in": "query",
+    "schema": {"type": "string", "enum": list(service.STATUSES)},
+}
+
+ROUTES = [
+    Route("POST", "/api/connection/request-pro", request_pro, "A client asks a professional",
+          status=201, body=RequestProBody, response=ConnectionData, role="client",
+          raises=[service.ProfessionalNotFound, service.ConnectionExists, service.AccountNotReady]),
+    Route("POST", "/api/connection/invite-client", invite_client,
+          "A professional invites a client by email", status=201, body=InviteClientBody,
+          response=ConnectionData, role="professional",
+          raises=[service.NotAClient, service.ConnectionExists, service.AccountNotReady]),
+    Route("POST", "/api/connection/respond", respond, "The other party accepts or rejects",
+          body=ConnectionRespondBody, response=ConnectionData,
+          raises=[service.ConnectionNotFound, service.InitiatorCannotRespond, service.NotPending]),
+    Route("GET", "/api/connection/list", list_connections, "The caller's connections",
+          response=ConnectionData, many=True, query=[STATUS_QUERY, *PAGE_PARAMS]),
+    Route("DELETE", "/api/connection/{id}", remove, "Either party removes a connection",
+          status=204, raises=[service.ConnectionNotFound, service.AlreadyClosed]),
+]  # fmt: skip

@@ -39,7 +39,7 @@ def create_app(settings: ConnectionsSettings | None = None) -> web.Application:
     spec = ServiceSpec(
         name="connections",
         outbox_model=OutboxEvent,
-        setup_routes=api.setup_routes,
+        routes=api.ROUTES,
         errors=api.ERRORS,
         migrations=MIGRATIONS,
         subscription=Subscription(group=bus.GROUP, streams=bus.STREAMS, handler=bus.handler),

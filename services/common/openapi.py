@@ -1,0 +1,195 @@
+"""Routes declared once, with what they take and what they can answer; OpenAPI 3.1 from that.
+
+Each component documents its own routes (services serve `GET /openapi.json`); the gateway
+merges the parts into the one public document at `/api/openapi.json`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from .problems import DomainErrors
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "code"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "code": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+PAGE_PARAMS = [
+    {
+        "name": "limit",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+    },
+    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route of the API: the handler, its input, its success, and what else it may answer."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    status: int = 200
+    body: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None  # None for an empty body
+    many: bool = False  # the response is a JSON array of `response`
+    auth: bool = True
+    role: str | None = None  # a required role means a possible 403
+    raises: Sequence[type[Exception]] = ()  # domain errors, statuses from the ERRORS table
+    query: Sequence[dict[str, Any]] = ()
+    extra_statuses: Sequence[int] = ()  # statuses the handler answers itself (e.g. 429)
+    tags: Sequence[str] = field(default_factory=tuple)
+
+    def statuses(self, errors: DomainErrors) -> set[int]:
+        """Every status this route can answer, from its declaration alone."""
+        found = {self.status, 503}  # any route meets a dependency that is down
+        if self.body is not None:
+            found |= {400, 413, 415}
+        if self.query:
+            found.add(400)
+        if self.auth:
+            found.add(401)
+        if self.role:
+            found.add(403)
+        if "{" in self.path:
+            found.add(404)
+        found |= {errors[e][0] for e in self.raises}
+        found |= set(self.extra_statuses)
+        return found
+
+
+def register(app: web.Application, routes: Iterable[Route]) -> None:
+    """Add each route with and without a trailing slash (API.md: they are one route)."""
+    for route in routes:
+        app.router.add_route(route.method, route.path, route.handler)
+        alias = route.path[:-1] if route.path.endswith("/") else route.path + "/"
+        if alias:
+            app.router.add_route(route.method, alias, route.handler)
+
+
+def _schema_of(models: Iterable[type[BaseModel]]) -> tuple[dict[Any, str], dict[str, Any]]:
+    """JSON schemas of the models, with shared definitions in components."""
+    refs: dict[Any, str] = {}
+    components: dict[str, Any] = {}
+    model_list = list(dict.fromkeys(models))
+    if model_list:
+        mapping, top = models_json_schema(
+            [(m, "serialization") for m in model_list],
+            ref_template="#/components/schemas/{model}",
+        )
+        components.update(top.get("$defs", {}))
+        for (model, _mode), schema in mapping.items():
+            refs[model] = schema.get("$ref") or model.__name__
+    return refs, components
+
+
+def document_paths(
+    routes: Sequence[Route], errors: DomainErrors
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """OpenAPI `paths` and `components.schemas` for these routes."""
+    models = [r.body for r in routes if r.body] + [r.response for r in routes if r.response]
+    refs, components = _schema_of(models)
+    paths: dict[str, Any] = {}
+    for route in routes:
+        op: dict[str, Any] = {
+            "summary": route.summary,
+            "operationId": f"{route.method.lower()}_{route.path.strip('/').replace('/', '_')}",
+            "responses": {},
+        }
+        if route.tags:
+            op["tags"] = list(route.tags)
+        if route.auth:
+            op["security"] = [{"bearer": []}]
+        params = [dict(p) for p in route.query]
+        if "{id}" in route.path:
+            params.append(
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
+            )
+        if params:
+            op["parameters"] = params
+        if route.body is not None:
+            op["requestBody"] = {
+                "required": False,
+                "content": {"application/json": {"schema": {"$ref": refs[route.body]}}},
+            }
+        for status in sorted(route.statuses(errors)):
+            response: dict[str, Any] = {"description": HTTPStatus(status).phrase}
+            if status == route.status and route.response is not None:
+                response["content"] = {
+                    "application/json": {"schema": _response_schema(route, refs)}
+                }
+            elif status >= 400:
+                codes = sorted(
+                    {c for e, (s, c, _) in errors.items() if s == status and e in route.raises}
+                )
+                if codes:
+                    response["description"] += f" (code: {', '.join(codes)})"
+                response["content"] = {
+                    "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+                }
+            op["responses"][str(status)] = response
+        paths.setdefault(route.path, {})[route.method.lower()] = op
+    components["Problem"] = PROBLEM_SCHEMA
+    return paths, components
+
+
+def _response_schema(route: Route, refs: dict[Any, str]) -> dict[str, Any]:
+    item = {"$ref": refs[route.response]}
+    return {"type": "array", "items": item} if route.many else item
+
+
+def openapi_handler(routes: Sequence[Route], errors: DomainErrors) -> Handler:
+    """`GET /openapi.json` of one component: its part of the public document."""
+    paths, components = document_paths(routes, errors)
+    body = {"paths": paths, "components": {"schemas": components}}
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response(body)
+
+    return handler
+
+
+def merge(parts: Iterable[dict[str, Any]], *, title: str, version: str) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "paths": {},
+        "components": {
+            "schemas": {},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
+    }
+    for part in parts:
+        for path, ops in part.get("paths", {}).items():
+            document["paths"].setdefault(path, {}).update(ops)
+        document["components"]["schemas"].update(part.get("components", {}).get("schemas", {}))
+    document["paths"] = dict(sorted(document["paths"].items()))
+    return document
