@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -12,7 +13,7 @@ from pydantic import BaseModel
 
 from services.common.openapi import Route, document_paths, merge, register
 from services.common.problems import Problem, unavailable
-from services.common.service_app import redis_ctx, settings_key, verifier_for
+from services.common.service_app import background, redis_ctx, settings_key, verifier_for
 from services.common.tokens import ensure_dev_keys
 from services.common.web import (
     authenticate,
@@ -24,19 +25,32 @@ from services.common.web import (
 )
 from services.common.web import serve as serve_app
 
+from . import live
 from .config import GatewaySettings
 from .cors import cors_middleware
+from .hub import Hub
+from .notifier import Notifier
 from .proxy import forward, session_key
 
 VERSION = "1.0.0"
 PUBLIC_PATHS = frozenset({"/api/auth/signup", "/api/auth/login", "/api/auth/refresh"})
 upstreams_key = web.AppKey("upstreams", dict)
+notifier_key = web.AppKey("notifier", Notifier)
 openapi_parts_key = web.AppKey("openapi_parts", dict)
+
+
+def _has_dot_segment(path: str) -> bool:
+    """`.` or `..` as a segment of the decoded path (`%2e%2e` and `..%2f` included)."""
+    return any(segment in (".", "..") for segment in path.split("/"))
 
 
 def _upstream_route(name: str, *, public: frozenset[str] = frozenset()) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/")
+        if _has_dot_segment(request.path):
+            # The upstream URL would be normalised (`/api/auth/../../health` -> `/health`)
+            # past this route's prefix: such a path names no route of the API.
+            raise Problem(404, "not_found", "No such route.")
         if path not in public:
             # The gateway answers 401 itself: no unauthenticated request reaches a service
             # (the service checks the token again, so a direct call cannot forge one).
@@ -74,6 +88,12 @@ async def health(request: web.Request) -> web.Response:
             checks[name] = {"status": "down", "error": type(result).__name__}
         else:
             checks[name] = result
+    hub, notifier = app[live.hub_key], app[notifier_key]
+    checks["notifications"] = {
+        "status": "ok" if hub.connected else "down",
+        "sockets": hub.count(),
+        **notifier.status(),
+    }
     ok = all(c["status"] == "ok" for c in checks.values())
     body = {"status": "ok" if ok else "degraded", "checks": checks}
     response = json_response(body, status=200 if ok else 503)
@@ -108,11 +128,47 @@ class HealthOut(BaseModel):
     checks: dict[str, Any]
 
 
+SINCE_QUERY = {"name": "since", "in": "query", "schema": {"type": "string"}}
+LIMIT_QUERY = {
+    "name": "limit",
+    "in": "query",
+    "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+}
+
+
+class Notification(BaseModel):
+    id: str
+    type: str
+    occurred_at: str
+    data: dict[str, Any]
+
+
 ROUTES = [
     Route("GET", "/api/health", health, "Health of the gateway and every dependency",
           response=HealthOut, auth=False),
     Route("GET", "/api/openapi.json", openapi, "This document", auth=False),
+    Route("GET", "/api/notifications", live.notifications,
+          "The caller's notifications after `since`, oldest first", response=Notification,
+          many=True, query=[SINCE_QUERY, LIMIT_QUERY]),
+    Route("GET", "/api/ws", live.websocket,
+          "Upgrade to a WebSocket of live notifications (`?since=` replays first)",
+          status=101, query=[SINCE_QUERY]),
 ]  # fmt: skip
+
+
+async def live_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The socket hub, its listeners, and this replica's notifier (active when leader)."""
+    settings: GatewaySettings = app[settings_key]
+    redis = app[redis_key]
+    hub = Hub(redis)
+    app[live.hub_key] = hub
+    app[notifier_key] = Notifier(redis, instance=f"gateway-{settings.instance_id}-{os.getpid()}")
+    async with (
+        background(hub.listen(), "hub-listen"),
+        background(hub.sweep_revoked(), "hub-revocations"),
+        background(app[notifier_key].run(), "notifier"),
+    ):
+        yield
 
 
 async def upstream_session_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -144,7 +200,8 @@ def create_app(settings: GatewaySettings | None = None) -> web.Application:
         "connections": settings.connections_url.rstrip("/"),
         "activities": settings.activities_url.rstrip("/"),
     }
-    app.cleanup_ctx.extend([redis_ctx, upstream_session_ctx])
+    app.cleanup_ctx.extend([redis_ctx, upstream_session_ctx, live_ctx])
+    app.on_shutdown.append(live.close_sockets)
 
     auth = _upstream_route("auth", public=PUBLIC_PATHS)
     users = _upstream_route("auth")

@@ -129,8 +129,14 @@ async def authenticate(request: web.Request) -> Identity:
     cached = request.get(identity_key)
     if cached is not None:
         return cached
-    token = bearer_token(request.headers.get("Authorization"))
-    if token is None:
+    identity = await verify_token(request.app, bearer_token(request.headers.get("Authorization")))
+    request[identity_key] = identity
+    return identity
+
+
+async def verify_token(app: web.Application, token: str | None) -> Identity:
+    """Signature, expiry and claims, then the revocation list; any failure is a 401."""
+    if not token:
         raise Problem(
             401,
             "unauthorized",
@@ -138,7 +144,7 @@ async def authenticate(request: web.Request) -> Identity:
             headers={"WWW-Authenticate": "Bearer"},
         )
     try:
-        identity = request.app[verifier_key].verify(token)
+        identity = app[verifier_key].verify(token)
     except InvalidToken as exc:
         raise Problem(
             401,
@@ -146,7 +152,7 @@ async def authenticate(request: web.Request) -> Identity:
             "The access token is invalid or expired.",
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         ) from exc
-    revocations = request.app.get(revocations_key)
+    revocations = app.get(revocations_key)
     if revocations is not None and await revocations.is_revoked(identity):
         raise Problem(
             401,
@@ -154,7 +160,6 @@ async def authenticate(request: web.Request) -> Identity:
             "The access token has been revoked.",
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
-    request[identity_key] = identity
     return identity
 
 

@@ -1,0 +1,235 @@
+"""The sockets this gateway replica holds, per user, and the live fan-out to them.
+
+Every replica listens to the notifier's signal (Redis pub/sub, carrying the new log
+entries) and to the revocation channel. A notification is offered to each socket of its
+user through a bounded queue: the fan-out never awaits a socket, and a socket whose
+queue is full (a client that stopped reading) is closed with 1013. Pub/sub can drop
+messages while its connection is down, so after every reconnect each socket re-reads its
+own log after the last id it was sent: the log, not the signal, is the source of truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+
+import orjson
+import redis.exceptions
+from aiohttp import WSCloseCode, web
+from redis.asyncio import Redis
+
+from services.common.tokens import REVOCATION_CHANNEL, Identity
+
+from .notifier import SIGNAL_CHANNEL, frame, log_key, parse_signal
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 256
+REPLAY_BATCH = 500
+CLOSE_REVOKED = 4001
+REVOCATION_SWEEP_SECONDS = 2.0
+
+
+def id_tuple(entry_id: str | bytes) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def entry_frame(entry_id: bytes | str, fields: dict[bytes, bytes]) -> str:
+    return frame(
+        entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+        fields[b"type"].decode(),
+        fields[b"occurred_at"].decode(),
+        fields[b"data"].decode(),
+    )
+
+
+class Conn:
+    """One open socket: its identity, a bounded send queue, and the last id it was sent."""
+
+    __slots__ = ("buffer", "identity", "last", "live", "queue", "sender", "ws")
+
+    def __init__(self, ws: web.WebSocketResponse, identity: Identity) -> None:
+        self.ws = ws
+        self.identity = identity
+        self.queue: asyncio.Queue[str] = asyncio.Queue(QUEUE_SIZE)
+        self.last: tuple[int, int] = (0, 0)
+        # Until the replay is done, live entries wait here (then only newer ones are sent).
+        self.live = False
+        self.buffer: list[tuple[tuple[int, int], str]] = []
+        self.sender: asyncio.Task[None] | None = None
+
+    def offer(self, entry_id: str, text: str) -> None:
+        key = id_tuple(entry_id)
+        if not self.live:
+            if len(self.buffer) >= QUEUE_SIZE:
+                self.close_later(WSCloseCode.TRY_AGAIN_LATER, "slow consumer")
+            else:
+                self.buffer.append((key, text))
+            return
+        if key <= self.last:
+            return  # already sent (replay and live overlap)
+        try:
+            self.queue.put_nowait(text)
+        except asyncio.QueueFull:
+            self.close_later(WSCloseCode.TRY_AGAIN_LATER, "slow consumer")
+            return
+        self.last = key
+
+    def go_live(self) -> None:
+        """After the replay: queue the buffered entries that are newer, then follow live."""
+        self.live = True
+        pending, self.buffer = sorted(self.buffer), []
+        for key, text in pending:
+            self.offer(f"{key[0]}-{key[1]}", text)
+
+    def close_later(self, code: int, reason: str) -> None:
+        if not self.ws.closed:
+            asyncio.get_running_loop().create_task(
+                self.ws.close(code=code, message=reason.encode())
+            )
+
+    async def send_loop(self) -> None:
+        while True:
+            text = await self.queue.get()
+            await self.ws.send_str(text)
+
+
+class Hub:
+    """Sockets by user on this replica, plus the listeners that feed them."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.by_user: dict[int, set[Conn]] = defaultdict(set)
+        self.connected = False
+        self.delivered = 0
+
+    def add(self, conn: Conn) -> None:
+        self.by_user[conn.identity.user_id].add(conn)
+
+    def discard(self, conn: Conn) -> None:
+        conns = self.by_user.get(conn.identity.user_id)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self.by_user[conn.identity.user_id]
+
+    def all(self) -> Iterable[Conn]:
+        for conns in list(self.by_user.values()):
+            yield from list(conns)
+
+    def count(self) -> int:
+        return sum(len(c) for c in self.by_user.values())
+
+    async def replay(self, conn: Conn, since: str | None) -> None:
+        """Send what the log holds after `since` (a reset first if some was trimmed)."""
+        if since is None:
+            conn.go_live()
+            return
+        key = log_key(conn.identity.user_id)
+        trimmed = await self.redis.get(key + ":trimmed")
+        if trimmed is not None and id_tuple(since) < id_tuple(trimmed):
+            # Entries after `since` were trimmed away: tell the client to reload.
+            first = await self.redis.xrange(key, count=1)
+            oldest = first[0][0].decode() if first else trimmed.decode()
+            await conn.ws.send_str(orjson.dumps({"type": "reset", "id": oldest}).decode())
+        cursor = f"({since}"
+        while True:
+            entries = await self.redis.xrange(key, min=cursor, count=REPLAY_BATCH)
+            for entry_id, fields in entries:
+                await conn.ws.send_str(entry_frame(entry_id, fields))
+                conn.last = id_tuple(entry_id)
+            if len(entries) < REPLAY_BATCH:
+                break
+            cursor = f"({entries[-1][0].decode()}"
+        conn.go_live()
+
+    async def resync(self) -> None:
+        """After a gap in the signal: every socket reads its log after its last id."""
+        for conn in self.all():
+            if not conn.live:
+                continue
+            last = f"{conn.last[0]}-{conn.last[1]}"
+            entries = await self.redis.xrange(log_key(conn.identity.user_id), min=f"({last}")
+            for entry_id, fields in entries:
+                conn.offer(entry_id.decode(), entry_frame(entry_id, fields))
+
+    def deliver(self, message: bytes) -> None:
+        entries, event_type, occurred_at, data = parse_signal(message)
+        for user_id, entry_id in entries:
+            conns = self.by_user.get(user_id)
+            if not conns:
+                continue
+            text = frame(entry_id, event_type, occurred_at, data)
+            for conn in list(conns):
+                conn.offer(entry_id, text)
+                self.delivered += 1
+
+    def revoke(self, message: bytes) -> None:
+        data = orjson.loads(message)
+        jti, sid = data.get("jti"), data.get("sid")
+        for conn in self.all():
+            if (jti and conn.identity.jti == jti) or (sid and conn.identity.sid == sid):
+                conn.close_later(CLOSE_REVOKED, "token revoked")
+
+    async def listen(self) -> None:
+        """Follow the signal and revocation channels for the replica's lifetime."""
+        backoff = 0.1
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(SIGNAL_CHANNEL, REVOCATION_CHANNEL)
+                self.connected = True
+                backoff = 0.1
+                await self.resync()  # anything appended while we were not listening
+                while True:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is None:
+                        continue
+                    if message["channel"] == SIGNAL_CHANNEL.encode():
+                        self.deliver(message["data"])
+                    else:
+                        self.revoke(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except (redis.exceptions.RedisError, OSError) as exc:
+                if self.connected:
+                    log.warning("notification signal lost, reconnecting: %r", exc)
+                self.connected = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def sweep_revoked(self) -> None:
+        """Belt and braces for a revocation published while the channel was down."""
+        while True:
+            await asyncio.sleep(REVOCATION_SWEEP_SECONDS)
+            conns = list(self.all())
+            if not conns:
+                continue
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for conn in conns:
+                        pipe.exists(
+                            f"revoked:jti:{conn.identity.jti}", f"revoked:sid:{conn.identity.sid}"
+                        )
+                    flags = await pipe.execute()
+            except (redis.exceptions.RedisError, OSError):
+                continue
+            for conn, revoked in zip(conns, flags, strict=True):
+                if revoked:
+                    conn.close_later(CLOSE_REVOKED, "token revoked")
+
+    async def close_all(
+        self, code: int = WSCloseCode.GOING_AWAY, reason: str = "server shutdown"
+    ) -> None:
+        await asyncio.gather(
+            *(c.ws.close(code=code, message=reason.encode()) for c in self.all()),
+            return_exceptions=True,
+        )

@@ -1,0 +1,89 @@
+"""Live notifications: the WebSocket at /api/ws and the same log over REST."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+
+from aiohttp import WSMsgType, web
+
+from services.common.problems import Problem
+from services.common.web import authenticate, bearer_token, query_int, verify_token
+
+from .hub import Conn, Hub, entry_frame
+from .notifier import log_key
+
+hub_key = web.AppKey("hub", Hub)
+HEARTBEAT_SECONDS = 20.0  # a ping every 20 s; no pong within 10 s drops the socket
+SINCE = re.compile(r"\d{1,20}(-\d{1,20})?")
+
+
+def _since(request: web.Request) -> str | None:
+    since = request.query.get("since")
+    if since is None or since == "":
+        return None
+    if not SINCE.fullmatch(since):
+        raise Problem(
+            400,
+            "invalid_query",
+            "`since` must be a notification id such as 1732430000000-0.",
+            errors=[{"field": "since", "message": "not a notification id"}],
+        )
+    return since if "-" in since else f"{since}-0"
+
+
+def _ws_credentials(request: web.Request) -> tuple[str | None, bool]:
+    """The token from the header, the `bearer, <token>` subprotocol, or `?token=`."""
+    offered = [
+        p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
+    ]
+    if len(offered) >= 2 and offered[0].lower() == "bearer":
+        return offered[1], True
+    token = bearer_token(request.headers.get("Authorization")) or request.query.get("token")
+    return token, False
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    token, via_protocol = _ws_credentials(request)
+    identity = await verify_token(request.app, token)  # a bad token is a 401 before upgrading
+    since = _since(request)
+    hub = request.app[hub_key]
+    ws = web.WebSocketResponse(
+        heartbeat=HEARTBEAT_SECONDS,
+        protocols=("bearer",) if via_protocol else (),
+        max_msg_size=64 * 1024,
+    )
+    conn = Conn(ws, identity)
+    hub.add(conn)  # before the upgrade: entries arriving from now on are buffered, not lost
+    try:
+        await ws.prepare(request)
+        await hub.replay(conn, since)
+        conn.sender = asyncio.create_task(conn.send_loop())
+        async for message in ws:  # reading notices the client's close; the client says nothing
+            if message.type == WSMsgType.ERROR:
+                break
+    finally:
+        hub.discard(conn)
+        if conn.sender is not None:
+            conn.sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await conn.sender
+    return ws
+
+
+async def notifications(request: web.Request) -> web.Response:
+    """The caller's notification log after `since`, oldest first."""
+    identity = await authenticate(request)
+    since = _since(request)
+    limit = query_int(request, "limit", 50, 1, 200)
+    entries = await request.app[hub_key].redis.xrange(
+        log_key(identity.user_id), min=f"({since}" if since else "-", count=limit
+    )
+    body = "[" + ",".join(entry_frame(i, f) for i, f in entries) + "]"
+    return web.Response(text=body, content_type="application/json")
+
+
+async def close_sockets(app: web.Application) -> None:
+    """On shutdown, before the resources go: every socket gets 1001 at once."""
+    await app[hub_key].close_all()
