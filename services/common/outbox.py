@@ -151,12 +151,16 @@ class Outbox:
                 )
                 pipe.xadd(row.stream, {"__data__": data}, maxlen=self.maxlen, approximate=True)
             stream_ids = await pipe.execute()
+        now = utcnow()
         async with self.db.transaction() as session:
-            now = utcnow()
-            for row, sid in zip(rows, stream_ids, strict=True):
-                await session.execute(
-                    update(m).where(m.id == row.id).values(published_at=now, stream_id=_decode(sid))
-                )
+            # One executemany, keyed by primary key, marks the whole batch.
+            await session.execute(
+                update(m),
+                [
+                    {"id": row.id, "published_at": now, "stream_id": _decode(sid)}
+                    for row, sid in zip(rows, stream_ids, strict=True)
+                ],
+            )
         self.published += len(rows)
         return len(rows)
 
