@@ -92,6 +92,7 @@ async def health(request: web.Request) -> web.Response:
     checks["notifications"] = {
         "status": "ok" if hub.connected else "down",
         "sockets": hub.count(),
+        "frames_sent": hub.sent,
         **notifier.status(),
     }
     ok = all(c["status"] == "ok" for c in checks.values())

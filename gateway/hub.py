@@ -51,10 +51,11 @@ def entry_frame(entry_id: bytes | str, fields: dict[bytes, bytes]) -> str:
 class Conn:
     """One open socket: its identity, a bounded send queue, and the last id it was sent."""
 
-    __slots__ = ("buffer", "identity", "last", "live", "queue", "sender", "ws")
+    __slots__ = ("buffer", "hub", "identity", "last", "live", "queue", "sender", "ws")
 
-    def __init__(self, ws: web.WebSocketResponse, identity: Identity) -> None:
+    def __init__(self, ws: web.WebSocketResponse, identity: Identity, hub: Hub) -> None:
         self.ws = ws
+        self.hub = hub
         self.identity = identity
         self.queue: asyncio.Queue[str] = asyncio.Queue(QUEUE_SIZE)
         self.last: tuple[int, int] = (0, 0)
@@ -97,6 +98,7 @@ class Conn:
         while True:
             text = await self.queue.get()
             await self.ws.send_str(text)
+            self.hub.sent += 1
 
 
 class Hub:
@@ -106,7 +108,7 @@ class Hub:
         self.redis = redis
         self.by_user: dict[int, set[Conn]] = defaultdict(set)
         self.connected = False
-        self.delivered = 0
+        self.sent = 0
 
     def add(self, conn: Conn) -> None:
         self.by_user[conn.identity.user_id].add(conn)
@@ -167,7 +169,6 @@ class Hub:
             text = frame(entry_id, event_type, occurred_at, data)
             for conn in list(conns):
                 conn.offer(entry_id, text)
-                self.delivered += 1
 
     def revoke(self, message: bytes) -> None:
         data = orjson.loads(message)
