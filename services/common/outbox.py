@@ -16,12 +16,14 @@ import datetime as dt
 import fcntl
 import logging
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import redis.exceptions
 import sqlalchemy.exc
+from aiohttp import web
 from faststream.redis.parser import BinaryMessageFormatV1
 from redis.asyncio import Redis
 from sqlalchemy import Index, String, Text, delete, select, text, update
@@ -34,9 +36,14 @@ from .tables import Id
 
 log = logging.getLogger(__name__)
 
+# The outbox rows committed while handling the current request (set per request by
+# `Outbox.middleware`), so the reply can wait until they are on the stream.
+_committed_rows: ContextVar[list[int] | None] = ContextVar("outbox_committed_rows", default=None)
+
 BATCH = 200
 POLL_SECONDS = 1.0
 RETENTION = dt.timedelta(hours=24)
+PUBLISH_WAIT_SECONDS = 0.5
 STAGED = "outbox.staged"
 
 
@@ -99,6 +106,8 @@ class Outbox:
         self.leader = False
         self.last_error: str | None = None
         self.published = 0
+        self.published_upto = 0  # highest row id on the stream (ids follow commit order)
+        self._progress = asyncio.Event()
         db.on_before_commit(self._insert_staged)
         db.on_after_commit(self._after_commit)
 
@@ -111,7 +120,7 @@ class Outbox:
             await session.execute(
                 text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(self.name)}
             )
-        session.add_all(
+        rows = [
             self.model(
                 event_id=str(e.event_id),
                 stream=e.stream,
@@ -119,13 +128,60 @@ class Outbox:
                 payload=e.to_json().decode(),
             )
             for e in events
-        )
+        ]
+        session.add_all(rows)
         await session.flush()
-        session.info["outbox.wake"] = True
+        session.info["outbox.last_row"] = max(r.id for r in rows)
 
     def _after_commit(self, session: AsyncSession) -> None:
-        if session.info.pop("outbox.wake", False):
+        last_row = session.info.pop("outbox.last_row", None)
+        if last_row is not None:
             self._wake.set()
+            committed = _committed_rows.get()
+            if committed is not None:
+                committed.append(last_row)
+
+    async def wait_published(self, row_id: int, *, within: float) -> bool:
+        """Wait until outbox row `row_id` is on its stream; False when time ran out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while self.published_upto < row_id:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            if not self.leader:  # another replica relays: watch the row itself
+                async with self.db.read() as session:
+                    published = await session.scalar(
+                        select(self.model.published_at).where(self.model.id == row_id)
+                    )
+                if published is not None:
+                    return True
+                await asyncio.sleep(min(0.005, remaining))
+                continue
+            progress = self._progress
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(progress.wait(), remaining)
+        return True
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Reply only once the events of this request are on the stream (Redis permitting).
+
+        A client that acts on the reply (reads another service, opens a socket) then never
+        races the relay: what it caused is already on the bus. While Redis is down the
+        reply does not wait; the events follow when it is back.
+        """
+        token = _committed_rows.set([])
+        try:
+            response = await handler(request)
+            committed = _committed_rows.get()
+        finally:
+            _committed_rows.reset(token)
+        if committed and self.last_error is None:
+            await self.wait_published(max(committed), within=PUBLISH_WAIT_SECONDS)
+        return response
 
     def wake(self) -> None:
         self._wake.set()
@@ -162,6 +218,9 @@ class Outbox:
                 ],
             )
         self.published += len(rows)
+        self.published_upto = rows[-1].id
+        progress, self._progress = self._progress, asyncio.Event()
+        progress.set()
         return len(rows)
 
     async def purge_published(self) -> None:

@@ -106,8 +106,15 @@ async def background(coro: Any, name: str) -> AsyncIterator[asyncio.Task[Any]]:
             await task
 
 
+@web.middleware
+async def publish_before_reply(request: web.Request, handler: Any) -> web.StreamResponse:
+    return await request.app[outbox_key].middleware(request, handler)
+
+
 def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Application:
-    app = base_app(settings, middlewares=[domain_error_middleware(spec.errors)])
+    app = base_app(
+        settings, middlewares=[domain_error_middleware(spec.errors), publish_before_reply]
+    )
     app[settings_key] = settings
     app[verifier_key] = verifier_for(settings)
 
