@@ -62,8 +62,13 @@ def login_email(raw: str) -> str:
         return raw.lower()
 
 
+# Any string may be tried as a login email, but not control characters: PostgreSQL
+# rejects a NUL in a query parameter, which was a 500.
+LoginEmail = text(1, 320)
+
+
 class LoginBody(RequestModel):
-    email: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=320)]
+    email: LoginEmail
     password: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 
 

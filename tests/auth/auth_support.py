@@ -1,0 +1,67 @@
+"""Helpers shared by the auth tests: validation-problem checks and bounded concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterable
+from typing import Any, TypeVar
+
+from ..api import Reply, assert_problem
+
+T = TypeVar("T")
+
+USER_KEYS = {"id", "name", "email", "role", "created_at"}
+
+
+def assert_validation(reply: Reply, *fields: str, code: str = "validation_error") -> None:
+    """A 400 problem whose `errors` name every one of `fields`."""
+    assert_problem(reply, 400, code)
+    errors = reply.body.get("errors")
+    assert isinstance(errors, list) and errors, reply.body
+    for error in errors:
+        assert set(error) >= {"field", "message"}, error
+        assert isinstance(error["message"], str) and error["message"], error
+    named = {e["field"] for e in errors}
+    for field in fields:
+        assert field in named, (field, reply.body)
+
+
+def assert_session(reply: Reply, status: int) -> dict[str, Any]:
+    """The signup/login/refresh shape: a User, an access token and a refresh token."""
+    assert reply.status == status, reply.text
+    assert reply.headers.get("Content-Type", "").startswith("application/json")
+    body = reply.body
+    assert {"user", "token", "refresh_token"} <= set(body), body
+    assert set(body["user"]) == USER_KEYS, body["user"]
+    assert isinstance(body["token"], str) and body["token"].count(".") == 2
+    assert isinstance(body["refresh_token"], str) and body["refresh_token"]
+    assert body["refresh_token"] != body["token"]
+    assert_no_password_material(reply)
+    return body
+
+
+def _keys(data: Any) -> set[str]:
+    if isinstance(data, dict):
+        return set(data) | {k for v in data.values() for k in _keys(v)}
+    if isinstance(data, list):
+        return {k for v in data for k in _keys(v)}
+    return set()
+
+
+def assert_no_password_material(reply: Reply, password: str | None = None) -> None:
+    """No key about a password, no hash, and not the password itself, anywhere."""
+    assert not {k for k in _keys(reply.body) if "password" in k.lower()}, reply.text
+    assert "$argon2" not in reply.text and "argon2id" not in reply.text, reply.text
+    if password:
+        assert password not in reply.text, reply.text
+
+
+async def gather_limited(coros: Iterable[Awaitable[T]], limit: int = 8) -> list[T]:
+    """Run awaitables with at most `limit` at a time; results in order."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(coro: Awaitable[T]) -> T:
+        async with gate:
+            return await coro
+
+    return await asyncio.gather(*(one(c) for c in coros))
