@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean help
+.PHONY: run test browser lint format bench clean help
 
 help:
 	@echo "make run    start the whole stack (gateway on http://127.0.0.1:8080)"
@@ -21,8 +21,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m dev.run
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Headless Chromium for tests/e2e/test_demo_page.py: installed with apt when running as root.
+browser:
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || true
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
@@ -37,6 +38,12 @@ PUBLIC_PATHS = frozenset({"/api/auth/signup", "/api/auth/login", "/api/auth/refr
 upstreams_key = web.AppKey("upstreams", dict)
 notifier_key = web.AppKey("notifier", Notifier)
 openapi_parts_key = web.AppKey("openapi_parts", dict)
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# The demo page talks only to this origin (REST and the WebSocket), nothing external.
+PAGE_CSP = (
+    "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 def _has_dot_segment(path: str) -> bool:
@@ -62,6 +69,27 @@ def _upstream_route(name: str, *, public: frozenset[str] = frozenset()) -> Any:
 
 async def not_found(request: web.Request) -> web.StreamResponse:
     raise Problem(404, "not_found", "No such route.")
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    """The live demo page (plain HTML/JS/CSS under gateway/static/, no build step)."""
+    return web.FileResponse(
+        STATIC_DIR / "index.html",
+        headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"},
+    )
+
+
+def _static_handler() -> Any:
+    """Serve the page's assets by name from a fixed list: no paths, and 404s as problems."""
+    files = frozenset(p.name for p in STATIC_DIR.iterdir() if p.is_file())
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if name not in files:
+            raise Problem(404, "not_found", "No such file.")
+        return web.FileResponse(STATIC_DIR / name, headers={"Cache-Control": "no-cache"})
+
+    return handler
 
 
 async def health(request: web.Request) -> web.Response:
@@ -211,6 +239,9 @@ def create_app(settings: GatewaySettings | None = None) -> web.Application:
     app[openapi_parts_key] = {}
     register(app, ROUTES)
     router = app.router
+    # The demo page: on the router directly, so it stays out of the API's OpenAPI document.
+    router.add_get("/", index)
+    router.add_get("/static/{name}", _static_handler())
     router.add_route("*", "/api/auth/{tail:.*}", auth)
     router.add_route("*", "/api/users", users)
     router.add_route("*", "/api/users/{tail:.*}", users)

@@ -31,8 +31,18 @@ def single_line(value: str) -> str:
 
 
 def utc(value: dt.datetime) -> dt.datetime:
-    """Naive timestamps are taken as UTC; aware ones are converted to it."""
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    """Naive timestamps are taken as UTC; aware ones are converted to it.
+
+    Only years 1000-9999 in UTC: the wire format has four-digit years, and converting
+    0001-01-01T00:00+01:00 or 9999-12-31T23:59-01:00 overflows (both were 500s).
+    """
+    try:
+        value = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    except OverflowError as exc:
+        raise ValueError("must be a date-time between the years 1000 and 9999") from exc
+    if value.year < 1000:
+        raise ValueError("must be a date-time between the years 1000 and 9999")
+    return value
 
 
 class RequestModel(BaseModel):

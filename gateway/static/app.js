@@ -1,0 +1,560 @@
+// HealthConnect live demo: REST calls through the gateway, live notifications over /api/ws.
+// Plain DOM, no framework. User text only ever goes through textContent (never innerHTML).
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const store = window.sessionStorage;
+  const KEY = { token: "hc.token", refresh: "hc.refresh", user: "hc.user" };
+  const FEED_MAX = 100;
+
+  let user = null; // the signed-in User
+  let socket = null; // the open (or opening) WebSocket
+  let connecting = false;
+  let attempt = 0; // reconnect attempts since the last successful open
+  let retryTimer = null;
+  let connections = [];
+  let activities = [];
+
+  // ---------------------------------------------------------------- DOM helpers
+
+  function el(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs)) {
+      if (value === undefined || value === null || value === false) continue;
+      if (name === "text") node.textContent = String(value);
+      else if (name === "onclick") node.addEventListener("click", value);
+      else node.setAttribute(name, String(value));
+    }
+    node.append(...children.filter((c) => c !== null && c !== undefined)); // strings become text
+    return node;
+  }
+
+  function button(label, testid, id, onClick, cls) {
+    return el("button", { type: "button", "data-testid": testid, id, class: cls, onclick: onClick, text: label });
+  }
+
+  const empty = (text) => el("li", { class: "empty", text });
+  const when = (iso) => (iso ? new Date(iso).toLocaleString() : "");
+
+  function showError(err) {
+    $("error-text").textContent = err && err.message ? err.message : String(err);
+    $("error").hidden = false;
+  }
+
+  function clearError() {
+    $("error").hidden = true;
+    $("error-text").textContent = "";
+  }
+
+  // ---------------------------------------------------------------- REST
+
+  class ApiError extends Error {
+    constructor(status, message) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  let refreshing = null; // one refresh at a time, shared by every call that got a 401
+
+  function refreshTokens() {
+    const refreshToken = store.getItem(KEY.refresh);
+    if (!refreshToken) return Promise.resolve(false);
+    if (!refreshing) {
+      refreshing = fetch("/api/auth/refresh", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ refresh_token: refreshToken }),
+      })
+        .then(async (resp) => {
+          if (!resp.ok) return false;
+          saveSession(await resp.json());
+          return true;
+        })
+        .finally(() => {
+          refreshing = null;
+        });
+    }
+    return refreshing;
+  }
+
+  async function api(method, path, body, retried = false) {
+    const headers = {};
+    const token = store.getItem(KEY.token);
+    if (token) headers.Authorization = `Bearer ${token}`;
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const resp = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    if (resp.status === 401 && token && !retried) {
+      if (await refreshTokens()) return api(method, path, body, true);
+      endSession();
+      throw new ApiError(401, "Your session has ended: please log in again.");
+    }
+    const text = await resp.text();
+    let data = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch {
+      data = null;
+    }
+    if (!resp.ok) {
+      const detail = data && (data.detail || data.title);
+      throw new ApiError(resp.status, detail || `${resp.status} ${resp.statusText}`);
+    }
+    return data;
+  }
+
+  // Run an action from a button or form, show its error, then reload what it changed.
+  async function act(control, promiseFn, ...reloads) {
+    clearError();
+    if (control) control.disabled = true;
+    try {
+      await promiseFn();
+      reload(...reloads);
+      return true;
+    } catch (err) {
+      showError(err);
+      return false;
+    } finally {
+      if (control) control.disabled = false;
+    }
+  }
+
+  // ---------------------------------------------------------------- lists
+
+  const seq = {}; // latest request per list: an older, slower answer never overwrites a newer one
+  async function latest(name, path) {
+    const n = (seq[name] = (seq[name] || 0) + 1);
+    const data = await api("GET", path);
+    return n === seq[name] && user ? data : null;
+  }
+
+  const loaders = {
+    async connections() {
+      const list = await latest("connections", "/api/connection/list");
+      if (list) renderConnections(list);
+    },
+    async activities() {
+      const list = await latest("activities", "/api/activities/list");
+      if (list) renderActivities(list);
+    },
+    async professionals() {
+      if (user.role !== "client") return;
+      const list = await latest("professionals", "/api/users?role=professional&limit=200");
+      if (!list) return;
+      const select = $("request-pro");
+      const previous = select.value;
+      select.replaceChildren(
+        el("option", { value: "", text: list.length ? "Choose a professional…" : "No professionals yet" }),
+        ...list.map((p) => el("option", { value: p.id, text: `${p.name} (${p.email})` })),
+      );
+      select.value = list.some((p) => String(p.id) === previous) ? previous : "";
+    },
+  };
+
+  const pending = new Set();
+  let reloadTimer = null;
+  function reload(...what) {
+    // Coalesce bursts (a replay after a reconnect) into one request per list.
+    what.forEach((w) => pending.add(w));
+    if (reloadTimer || !pending.size) return;
+    reloadTimer = setTimeout(() => {
+      reloadTimer = null;
+      const names = [...pending];
+      pending.clear();
+      if (!user) return;
+      for (const name of names) loaders[name]().catch(showError);
+    }, 20);
+  }
+
+  function renderConnections(list) {
+    connections = list;
+    const mine = user.role;
+    const items = list.map((c) => {
+      const other = mine === "client" ? c.professional : c.client;
+      const actions = el("span", { class: "actions" });
+      if (c.status === "pending" && c.initiated_by !== mine) {
+        const respond = (action) => (ev) =>
+          act(ev.target, () => api("POST", "/api/connection/respond", { connection_id: c.id, action }), "connections");
+        actions.append(
+          button("Accept", "connection-accept", `connection-accept-${c.id}`, respond("accept"), "primary"),
+          button("Reject", "connection-reject", `connection-reject-${c.id}`, respond("reject")),
+        );
+      }
+      if (c.status === "pending" || c.status === "accepted") {
+        actions.append(
+          button("Remove", "connection-remove", `connection-remove-${c.id}`, (ev) =>
+            act(ev.target, () => api("DELETE", `/api/connection/${c.id}`), "connections", "activities"),
+          ),
+        );
+      }
+      return el(
+        "li",
+        { id: `connection-${c.id}`, "data-testid": "connection", "data-id": c.id, "data-status": c.status },
+        el("span", { class: "name", text: other.name || "(not signed up yet)" }),
+        el("span", { class: "muted", text: other.email }),
+        el("span", { class: `badge ${c.status}`, "data-testid": "connection-status", text: c.status }),
+        el("span", { class: "muted", text: c.initiated_by === mine ? "sent by you" : "sent to you" }),
+        actions,
+      );
+    });
+    $("connections").replaceChildren(...(items.length ? items : [empty("No connections yet.")]));
+    if (mine === "professional") renderActivities(activities); // the invite pickers follow the connections
+  }
+
+  function connectedClients() {
+    return connections.filter((c) => c.status === "accepted" && c.client.id !== null).map((c) => c.client);
+  }
+
+  function clientName(id) {
+    const client = connections.map((c) => c.client).find((c) => c && c.id === id);
+    return client ? client.name : `client #${id}`;
+  }
+
+  function renderActivities(list) {
+    activities = list;
+    const items = user.role === "professional" ? list.map(activityItem) : list.map(inviteItem);
+    const none = user.role === "professional" ? "No activities yet." : "No invitations yet.";
+    // Keep a half-filled invite picker's choice across re-renders.
+    const chosen = {};
+    document.querySelectorAll("select[data-activity]").forEach((s) => (chosen[s.dataset.activity] = s.value));
+    $("activities").replaceChildren(...(items.length ? items : [empty(none)]));
+    document.querySelectorAll("select[data-activity]").forEach((s) => {
+      if ([...s.options].some((o) => o.value === chosen[s.dataset.activity])) s.value = chosen[s.dataset.activity];
+    });
+  }
+
+  function activityDetails(a) {
+    const facts = [a.starts_at ? `starts ${when(a.starts_at)}` : null, a.capacity ? `capacity ${a.capacity}` : null];
+    return [
+      el("span", { class: "name", "data-testid": "activity-title-text", text: a.title }),
+      el("span", { class: "muted", text: facts.filter(Boolean).join(" · ") }),
+      a.description ? el("div", { class: "description", text: a.description }) : null,
+    ];
+  }
+
+  function activityItem(a) {
+    const counts = `${a.invites.pending} pending · ${a.invites.accepted} accepted · ${a.invites.declined} declined`;
+    const select = el(
+      "select",
+      { "data-testid": "activity-invite-client", id: `activity-invite-client-${a.id}`, "data-activity": a.id, "aria-label": "Client" },
+      el("option", { value: "", text: "Invite a connected client…" }),
+      ...connectedClients().map((c) => el("option", { value: c.id, text: `${c.name} (${c.email})` })),
+    );
+    const invite = (ev) => {
+      if (!select.value) return showError(new Error("Choose a connected client to invite."));
+      const body = { activity_id: a.id, client_id: Number(select.value) };
+      return act(ev.target, async () => {
+        await api("POST", "/api/activities/invite", body);
+        select.value = "";
+      }, "activities");
+    };
+    const remove = (ev) => act(ev.target, () => api("DELETE", `/api/activities/${a.id}`), "activities");
+    return el(
+      "li",
+      { id: `activity-${a.id}`, "data-testid": "activity", "data-id": a.id },
+      ...activityDetails(a),
+      el("div", { class: "muted", "data-testid": "activity-counts", text: counts }),
+      el(
+        "div",
+        { class: "actions invite-row" },
+        select,
+        button("Invite", "activity-invite-submit", `activity-invite-submit-${a.id}`, invite, "primary"),
+        button("Delete", "activity-delete", `activity-delete-${a.id}`, remove),
+      ),
+    );
+  }
+
+  function inviteItem(inv) {
+    const actions = el("div", { class: "actions" });
+    if (inv.status === "pending") {
+      const respond = (action) => (ev) =>
+        act(ev.target, () => api("POST", "/api/activities/respond", { invite_id: inv.id, action }), "activities");
+      actions.append(
+        button("Accept", "invite-accept", `invite-accept-${inv.id}`, respond("accept"), "primary"),
+        button("Decline", "invite-decline", `invite-decline-${inv.id}`, respond("decline")),
+      );
+    }
+    return el(
+      "li",
+      { id: `invite-${inv.id}`, "data-testid": "invite", "data-id": inv.id, "data-status": inv.status },
+      ...activityDetails(inv.activity),
+      el("span", { class: `badge ${inv.status}`, "data-testid": "invite-status", text: inv.status }),
+      actions,
+    );
+  }
+
+  // ---------------------------------------------------------------- live notifications
+
+  const sinceKey = () => `hc.since.${user.id}`;
+
+  function idParts(id) {
+    const [ms, s] = String(id).split("-");
+    return [BigInt(ms || 0), BigInt(s || 0)];
+  }
+
+  function newer(a, b) {
+    const [am, as] = idParts(a);
+    const [bm, bs] = idParts(b);
+    return am > bm || (am === bm && as > bs);
+  }
+
+  function describe(msg) {
+    const d = msg.data || {};
+    const c = d.connection;
+    const title = (d.invite && d.invite.activity.title) || (d.activity && d.activity.title) || "";
+    const other = c ? (user.role === "client" ? c.professional : c.client) : null;
+    const who = other ? other.name || other.email : "";
+    const client = d.invite ? clientName(d.invite.client_id) : "";
+    const texts = {
+      "connection.requested": `${who} asked to connect`,
+      "connection.invited": `${who} invited you to connect`,
+      "connection.accepted": `${who} accepted the connection`,
+      "connection.rejected": `${who} rejected the connection`,
+      "connection.removed": `${who} removed the connection`,
+      "activity.invited": `Invited to “${title}”`,
+      "activity.invite_accepted": `${client} accepted “${title}”`,
+      "activity.invite_declined": `${client} declined “${title}”`,
+      "activity.cancelled": `“${title}” was cancelled`,
+      "activity.invite_cancelled": `Invitation to “${title}” cancelled`,
+      reset: "Some notifications were no longer held: lists reloaded",
+    };
+    return texts[msg.type] || msg.type;
+  }
+
+  function addToFeed(msg) {
+    const item = el(
+      "li",
+      { "data-testid": "notification", "data-type": msg.type, "data-id": msg.id || "" },
+      el("time", { datetime: msg.occurred_at, text: new Date(msg.occurred_at).toLocaleTimeString() }),
+      el("span", { class: "type", "data-testid": "notification-type", text: msg.type }),
+      el("span", { class: "text", "data-testid": "notification-text", text: describe(msg) }),
+    );
+    const feed = $("feed");
+    feed.querySelector(".empty")?.remove();
+    feed.prepend(item);
+    while (feed.children.length > FEED_MAX) feed.lastElementChild.remove();
+  }
+
+  function onMessage(event) {
+    let msg;
+    try {
+      msg = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    if (msg.type === "reset") {
+      addToFeed({ ...msg, id: "", occurred_at: new Date().toISOString() });
+      reload("connections", "activities");
+      return;
+    }
+    const last = store.getItem(sinceKey());
+    if (!msg.id || (last && !newer(msg.id, last))) return; // already seen
+    store.setItem(sinceKey(), msg.id);
+    addToFeed(msg);
+    if (msg.type.startsWith("connection.")) reload("connections");
+    if (msg.type.startsWith("activity.") || msg.type === "connection.removed") reload("activities");
+  }
+
+  function setState(state, text) {
+    const badge = $("ws-state");
+    badge.dataset.state = state;
+    badge.textContent = text || state;
+  }
+
+  // The newest id in the caller's log, so that the first socket can ask for everything after it.
+  async function baseline() {
+    let since = "0";
+    for (;;) {
+      const page = await api("GET", `/api/notifications?limit=200&since=${encodeURIComponent(since)}`);
+      if (page.length) since = page[page.length - 1].id;
+      if (page.length < 200) return since;
+    }
+  }
+
+  async function connect() {
+    clearTimeout(retryTimer);
+    retryTimer = null;
+    if (!user || socket || connecting) return;
+    connecting = true;
+    try {
+      // A failed upgrade tells the page nothing, so check (and refresh) the token over REST first.
+      await api("GET", "/api/auth/me");
+      if (user && !store.getItem(sinceKey())) store.setItem(sinceKey(), await baseline());
+    } catch (err) {
+      connecting = false;
+      if (user) scheduleReconnect();
+      return;
+    }
+    connecting = false;
+    if (!user || socket) return;
+    const since = store.getItem(sinceKey());
+    const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/api/ws?since=${encodeURIComponent(since)}`;
+    const ws = new WebSocket(url, ["bearer", store.getItem(KEY.token)]);
+    socket = ws;
+    ws.onopen = () => {
+      attempt = 0;
+      setState("connected");
+      reload("connections", "activities", "professionals");
+    };
+    ws.onmessage = onMessage;
+    ws.onclose = () => {
+      if (socket !== ws) return;
+      socket = null;
+      if (user) scheduleReconnect();
+    };
+  }
+
+  function scheduleReconnect() {
+    const delay = Math.min(10000, 500 * 2 ** attempt) * (0.8 + Math.random() * 0.4);
+    attempt += 1;
+    setState("reconnecting", `reconnecting (try ${attempt})…`);
+    clearTimeout(retryTimer);
+    retryTimer = setTimeout(connect, delay);
+  }
+
+  function dropSocket() {
+    const ws = socket;
+    socket = null;
+    if (!ws) return;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    try {
+      ws.close(1000, "bye");
+    } catch {
+      // already closed
+    }
+  }
+
+  window.addEventListener("offline", () => {
+    if (!user) return;
+    dropSocket(); // its close handshake may hang while offline: stop listening to it now
+    clearTimeout(retryTimer);
+    setState("reconnecting", "offline, waiting for the network…");
+  });
+
+  window.addEventListener("online", () => {
+    if (!user) return;
+    attempt = 0;
+    connect();
+  });
+
+  // ---------------------------------------------------------------- session
+
+  function saveSession(auth) {
+    store.setItem(KEY.token, auth.token);
+    store.setItem(KEY.refresh, auth.refresh_token);
+    store.setItem(KEY.user, JSON.stringify(auth.user));
+    user = auth.user;
+  }
+
+  function endSession() {
+    if (user) store.removeItem(sinceKey());
+    Object.values(KEY).forEach((k) => store.removeItem(k));
+    user = null;
+    dropSocket();
+    clearTimeout(retryTimer);
+    setState("offline");
+    $("app-view").hidden = true;
+    $("session").hidden = true;
+    $("auth-view").hidden = false;
+    ["connections", "activities", "feed", "request-pro"].forEach((id) => $(id).replaceChildren());
+  }
+
+  function startApp() {
+    document.body.dataset.role = user.role;
+    $("whoami").textContent = `${user.name} · ${user.email} · ${user.role}`;
+    $("auth-view").hidden = true;
+    $("session").hidden = false;
+    $("app-view").hidden = false;
+    $("feed").replaceChildren(empty("Nothing yet: notifications appear here as they happen."));
+    connections = [];
+    activities = [];
+    reload("connections", "activities", "professionals");
+    connect();
+  }
+
+  async function signIn(path, body, form) {
+    const ok = await act(form.querySelector("button"), async () => saveSession(await api("POST", path, body)));
+    if (ok) {
+      form.reset();
+      startApp();
+    }
+  }
+
+  $("signup-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const body = {
+      name: $("signup-name").value,
+      email: $("signup-email").value,
+      password: $("signup-password").value,
+      role: $("signup-role").value,
+    };
+    signIn("/api/auth/signup", body, ev.target);
+  });
+
+  $("login-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    signIn("/api/auth/login", { email: $("login-email").value, password: $("login-password").value }, ev.target);
+  });
+
+  $("logout").addEventListener("click", async (ev) => {
+    ev.target.disabled = true;
+    try {
+      await api("POST", "/api/auth/logout", { refresh_token: store.getItem(KEY.refresh) });
+    } catch {
+      // the session is ended locally either way
+    }
+    ev.target.disabled = false;
+    clearError();
+    endSession();
+  });
+
+  $("error-close").addEventListener("click", clearError);
+
+  $("request-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const id = Number($("request-pro").value);
+    if (!id) return showError(new Error("Choose a professional first."));
+    act($("request-submit"), () => api("POST", "/api/connection/request-pro", { professional_id: id }), "connections");
+  });
+  $("request-pro").addEventListener("focus", () => reload("professionals"));
+
+  $("invite-client-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const body = { client_email: $("invite-client-email").value };
+    if (await act($("invite-client-submit"), () => api("POST", "/api/connection/invite-client", body), "connections")) {
+      ev.target.reset();
+    }
+  });
+
+  $("activity-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const body = { title: $("activity-title").value, description: $("activity-description").value };
+    if ($("activity-starts").value) body.starts_at = new Date($("activity-starts").value).toISOString();
+    if ($("activity-capacity").value) body.capacity = Number($("activity-capacity").value);
+    if (await act($("activity-submit"), () => api("POST", "/api/activities/", body), "activities")) {
+      ev.target.reset();
+    }
+  });
+
+  // ---------------------------------------------------------------- start
+
+  async function boot() {
+    const saved = store.getItem(KEY.user);
+    if (!store.getItem(KEY.token) || !saved) return endSession();
+    user = JSON.parse(saved);
+    try {
+      saveSession({ token: store.getItem(KEY.token), refresh_token: store.getItem(KEY.refresh), user: await api("GET", "/api/auth/me") });
+    } catch (err) {
+      if (!user) return; // the tokens were dead: endSession already showed the sign-in forms
+      showError(err);
+    }
+    startApp();
+  }
+
+  boot();
+})();
