@@ -67,6 +67,10 @@ def _upstream_route(name: str, *, public: frozenset[str] = frozenset()) -> Any:
     return handler
 
 
+async def method_not_allowed(request: web.Request) -> web.StreamResponse:
+    raise Problem(405, "method_not_allowed", f"{request.method} is not allowed here.")
+
+
 async def not_found(request: web.Request) -> web.StreamResponse:
     raise Problem(404, "not_found", "No such route.")
 
@@ -239,6 +243,9 @@ def create_app(settings: GatewaySettings | None = None) -> web.Application:
     app[openapi_parts_key] = {}
     register(app, ROUTES)
     router = app.router
+    for route in ROUTES:  # other methods get 405 here, not the catch-all's 404
+        for path in (route.path, route.path + "/"):
+            router.add_route("*", path, method_not_allowed)
     # The demo page: on the router directly, so it stays out of the API's OpenAPI document.
     router.add_get("/", index)
     router.add_get("/static/{name}", _static_handler())

@@ -159,8 +159,9 @@ class Outbox:
                 await asyncio.sleep(min(0.005, remaining))
                 continue
             progress = self._progress
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(progress.wait(), remaining)
+            with contextlib.suppress(TimeoutError):  # (not wait_for: see `_pump`)
+                async with asyncio.timeout(remaining):
+                    await progress.wait()
         return True
 
     @web.middleware
@@ -265,8 +266,11 @@ class Outbox:
                 continue
             if sent == BATCH:
                 continue
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that arrives
+            # just as the wake-up fires, and the relay would outlive its app's shutdown.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+                async with asyncio.timeout(POLL_SECONDS):
+                    await self._wake.wait()
 
     def _note_error(self, exc: BaseException) -> None:
         if self.last_error is None:

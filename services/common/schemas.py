@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated
 
 from pydantic import (
@@ -62,9 +63,13 @@ def text(min_length: int, max_length: int, *, multiline: bool = False) -> object
     ]
 
 
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}[T ]")
+
+
 def iso_string(value: object) -> object:
-    # Lax datetime parsing would also take numbers as epoch seconds; we want ISO 8601 text.
-    if not isinstance(value, str):
+    # Lax datetime parsing would also take numbers (even "1700000000") as epoch seconds;
+    # we want ISO 8601 text with a date and a time.
+    if not isinstance(value, str) or not _ISO_DATE.match(value):
         raise ValueError("must be an ISO 8601 date-time string")
     return value
 

@@ -188,19 +188,34 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     return response
 
 
-_SECRET_QUERY = re.compile(r"((?:^|[?&])(?:token|access_token|refresh_token)=)[^&\s]*", re.I)
+SECRET_PARAMS = frozenset({"token", "access_token", "refresh_token"})
+
+
+def redacted_path(request: web.BaseRequest) -> str:
+    """The path and query as logged: values of token-bearing parameters never appear.
+
+    Judged by the decoded name, so `?%74oken=` (which the server reads as `token`) is
+    redacted too.
+    """
+    query = request.rel_url.query
+    if not query:
+        return request.path
+    parts = [
+        f"{name}=[redacted]" if name.lower() in SECRET_PARAMS else f"{name}={value}"
+        for name, value in query.items()
+    ]
+    return request.path + "?" + "&".join(parts)
 
 
 class AccessLogger(AbstractAccessLogger):
     """One line per request; never the query values or headers that may carry a token."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        path = _SECRET_QUERY.sub(r"\1[redacted]", request.path_qs)
         self.logger.info(
             "%s %s %s %d %.1fms rid=%s",
             request.remote,
             request.method,
-            path,
+            redacted_path(request),
             response.status,
             time * 1000,
             response.headers.get("X-Request-Id", "-"),
@@ -215,11 +230,12 @@ def base_app(
 ) -> web.Application:
     """An application with the shared middlewares and body limit.
 
-    `outer` middlewares wrap everything (they see final responses, errors included);
+    `outer` middlewares wrap everything but the request id (they see final responses,
+    errors included);
     `middlewares` run inside the error handler (their exceptions become problems).
     """
     return web.Application(
-        middlewares=[*(outer or []), request_id_middleware, error_middleware, *(middlewares or [])],
+        middlewares=[request_id_middleware, *(outer or []), error_middleware, *(middlewares or [])],
         client_max_size=MAX_BODY,
     )
 
