@@ -1,0 +1,413 @@
+"""The transactional outbox and its relay, on SQLite and PostgreSQL, against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import random
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from faststream.redis.parser import BinaryMessageFormatV1
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.common.consumer import decode_entry
+from services.common.db import Database, utcnow
+from services.common.events import (
+    ACTIVITIES_STREAM,
+    AUTH_STREAM,
+    CONNECTIONS_STREAM,
+    EXAMPLES,
+    ActivityCreated,
+    ConnectionAccepted,
+    Event,
+)
+from services.common.outbox import Outbox, stage
+
+from ..infra import RedisServer
+from .conftest import Note, OutboxEvent, eventually, stop, user_event
+
+
+def make_outbox(db: Database, redis: aioredis.Redis, name: str = "test") -> Outbox:
+    return Outbox(db, redis, OutboxEvent, name=name, maxlen=10_000)
+
+
+async def commit(db: Database, *events: Event, text: str = "note") -> None:
+    async with db.transaction() as session:
+        session.add(Note(text=text))
+        for event in events:
+            stage(session, event)
+
+
+async def rows(db: Database) -> list[OutboxEvent]:
+    async with db.read() as session:
+        return list((await session.scalars(select(OutboxEvent).order_by(OutboxEvent.id))).all())
+
+
+async def count_notes(db: Database) -> int:
+    async with db.read() as session:
+        return await session.scalar(select(func.count()).select_from(Note)) or 0
+
+
+async def on_stream(redis: aioredis.Redis, stream: str = AUTH_STREAM) -> list[tuple[str, Event]]:
+    entries = await redis.xrange(stream)
+    return [(sid.decode(), decode_entry(fields)) for sid, fields in entries]
+
+
+@contextlib.asynccontextmanager
+async def relaying(outbox: Outbox, *, lead: bool = True) -> AsyncIterator[asyncio.Task[None]]:
+    """Run the relay for the block; with `lead`, first wait until it holds the leader lock."""
+    task = asyncio.create_task(outbox.run())
+    try:
+        if lead:
+
+            async def leading() -> bool:
+                assert not task.done(), task
+                return outbox.leader
+
+            await eventually(leading, within=5)
+        yield task
+    finally:
+        await stop(task)
+
+
+async def published_count(redis: aioredis.Redis, n: int, stream: str = AUTH_STREAM) -> bool:
+    return await redis.xlen(stream) >= n
+
+
+async def test_event_row_commits_with_the_change(
+    database: Database, redis_client: aioredis.Redis
+) -> None:
+    make_outbox(database, redis_client)
+    event = user_event(1)
+    await commit(database, event)
+
+    assert await count_notes(database) == 1
+    [row] = await rows(database)
+    assert row.event_id == str(event.event_id)
+    assert row.stream == AUTH_STREAM
+    assert row.type == "user.registered"
+    assert json.loads(row.payload) == json.loads(event.to_json())
+    assert row.published_at is None and row.stream_id is None
+    assert row.created_at.tzinfo is not None
+    assert abs(utcnow() - row.created_at) < dt.timedelta(seconds=30)
+
+
+async def test_rolled_back_transaction_leaves_nothing(
+    database: Database, redis_client: aioredis.Redis
+) -> None:
+    outbox = make_outbox(database, redis_client)
+    async with relaying(outbox):
+        with pytest.raises(RuntimeError, match="boom"):
+            async with database.transaction() as session:
+                session.add(Note(text="doomed"))
+                stage(session, user_event(1))
+                await session.flush()
+                raise RuntimeError("boom")
+        assert await count_notes(database) == 0
+        assert await rows(database) == []
+
+        # A later good transaction goes through; the doomed event never shows up.
+        good = user_event(2)
+        await commit(database, good)
+        await eventually(lambda: published_count(redis_client, 1), within=3)
+        await asyncio.sleep(0.2)
+        assert [e.event_id for _, e in await on_stream(redis_client)] == [good.event_id]
+    assert await count_notes(database) == 1
+    assert [r.event_id for r in await rows(database)] == [str(good.event_id)]
+
+
+async def test_relay_publishes_right_after_commit(
+    database: Database, redis_client: aioredis.Redis
+) -> None:
+    outbox = make_outbox(database, redis_client)
+    latencies = []
+    events = [user_event(i) for i in range(6)]
+    async with relaying(outbox):
+        await asyncio.sleep(0.3)  # the relay is now idle, inside its 1 s poll wait
+        for n, event in enumerate(events, start=1):
+            started = time.perf_counter()
+            await commit(database, event)
+            await eventually(lambda n=n: published_count(redis_client, n), within=3, every=0.002)
+            latencies.append(time.perf_counter() - started)
+            await asyncio.sleep(random.uniform(0.05, 0.25))
+        # With only the 1 s poll, six commits at random moments would all be under 0.4 s
+        # once in 250 runs; the after-commit wake-up makes each take milliseconds.
+        assert max(latencies) < 0.4, latencies
+
+        async def all_marked() -> bool:
+            return all(r.published_at is not None for r in await rows(database))
+
+        await eventually(all_marked, within=3)
+        assert outbox.published == 6
+        assert outbox.last_error is None
+
+    published = await on_stream(redis_client)
+    assert [e.event_id for _, e in published] == [e.event_id for e in events]
+    stored = await rows(database)
+    assert [r.stream_id for r in stored] == [sid for sid, _ in published]
+    for row in stored:
+        assert row.published_at is not None and row.published_at.tzinfo is not None
+        assert row.published_at >= row.created_at
+
+
+async def test_events_wait_while_redis_is_down(
+    database: Database, redis_client: aioredis.Redis, own_redis: RedisServer
+) -> None:
+    outbox = make_outbox(database, redis_client)
+    first = user_event(1)
+    during = [user_event(2), user_event(3)]
+    after = user_event(4)
+    async with relaying(outbox) as task:
+        await commit(database, first)
+        await eventually(lambda: published_count(redis_client, 1), within=3)
+
+        await asyncio.to_thread(own_redis.stop)
+        for event in during:
+            await commit(database, event)  # the write itself must not need Redis
+
+        async def relay_noticed() -> bool:
+            return outbox.last_error is not None
+
+        await eventually(relay_noticed, within=5)
+        await asyncio.sleep(0.3)
+        assert not task.done()
+        assert [r.published_at for r in await rows(database)][1:] == [None, None]
+
+        await asyncio.to_thread(own_redis.start)
+        await commit(database, after)
+
+        async def all_marked() -> bool:
+            return all(r.published_at is not None for r in await rows(database))
+
+        await eventually(all_marked, within=10)
+        assert not task.done()
+        assert outbox.last_error is None
+
+    published = await on_stream(redis_client)
+    assert [e.event_id for _, e in published] == [
+        e.event_id for e in [first, *during, after]
+    ]  # in order, each once
+    assert [r.stream_id for r in await rows(database)] == [sid for sid, _ in published]
+
+
+async def test_stream_keeps_commit_order(database: Database, redis_client: aioredis.Redis) -> None:
+    outbox = make_outbox(database, redis_client)
+
+    async def dawdle(session: AsyncSession) -> None:
+        # Between the outbox insert (id taken) and COMMIT: without the ordering lock a
+        # later id would often commit first.
+        if "test.delay" in session.info:
+            await asyncio.sleep(session.info["test.delay"])
+
+    database.on_before_commit(dawdle)  # registered after the outbox's own hook
+
+    async def one(i: int) -> None:
+        async with database.transaction() as session:
+            session.info["test.delay"] = random.uniform(0, 0.02)
+            session.add(Note(text=f"note {i}"))
+            stage(session, user_event(i))
+
+    # Commit order as seen from outside: a snapshot must never show an id while an
+    # earlier one is still uncommitted (the relay would publish past it).
+    snapshots: list[list[int]] = []
+    writing = True
+
+    async def observe() -> None:
+        while writing:
+            async with database.read() as session:
+                snapshots.append(sorted((await session.scalars(select(OutboxEvent.id))).all()))
+            await asyncio.sleep(0)
+
+    async with relaying(outbox):
+        observer = asyncio.create_task(observe())
+        try:
+            await asyncio.gather(*(one(i) for i in range(50)))
+        finally:
+            writing = False
+            await observer
+        await eventually(lambda: published_count(redis_client, 50), within=10)
+
+        async def all_marked() -> bool:
+            return all(r.published_at is not None for r in await rows(database))
+
+        await eventually(all_marked, within=5)
+
+    stored = await rows(database)
+    assert len(stored) == 50
+    first = stored[0].id
+    assert [r.id for r in stored] == list(range(first, first + 50))
+    assert snapshots
+    gaps = [ids for ids in snapshots if ids != list(range(first, first + len(ids)))]
+    assert gaps == []  # ids were handed out in commit order
+    by_id = [r.event_id for r in stored]
+    published = await on_stream(redis_client)
+    assert [str(e.event_id) for _, e in published] == by_id
+    assert [r.stream_id for r in stored] == [sid for sid, _ in published]
+
+
+async def test_only_one_relay_publishes(database: Database, redis_client: aioredis.Redis) -> None:
+    other_db = Database(database.url)  # a second replica of the same service
+    try:
+        first = make_outbox(database, redis_client)
+        second = make_outbox(other_db, redis_client)
+        events = [user_event(i) for i in range(10)]
+        async with relaying(first), relaying(second, lead=False) as second_task:
+            await asyncio.sleep(0.5)
+            assert first.leader and not second.leader
+            for i, event in enumerate(events):
+                await commit(database if i % 2 else other_db, event)
+            # Commits on the second replica reach the leader by its poll.
+            await eventually(lambda: published_count(redis_client, 10), within=5)
+            await asyncio.sleep(0.3)
+            assert not second_task.done()
+            assert not second.leader and second.published == 0
+            assert first.published == 10
+        published = await on_stream(redis_client)
+        ids = [e.event_id for _, e in published]
+        assert len(ids) == len(set(ids)) == 10  # nothing published twice
+        assert set(ids) == {e.event_id for e in events}
+    finally:
+        await other_db.dispose()
+
+
+async def test_leadership_moves_to_the_waiting_relay(
+    database: Database, redis_client: aioredis.Redis
+) -> None:
+    other_db = Database(database.url)
+    try:
+        first = make_outbox(database, redis_client)
+        second = make_outbox(other_db, redis_client)
+        async with contextlib.AsyncExitStack() as leader:
+            await leader.enter_async_context(relaying(first))
+            async with relaying(second, lead=False):
+                await asyncio.sleep(0.3)
+                assert first.leader and not second.leader
+                await leader.aclose()  # the first replica's process exits...
+                await database.dispose()  # ...and its connections close
+
+                async def second_leads() -> bool:
+                    return second.leader
+
+                await eventually(second_leads, within=5)
+                event = user_event(1)
+                await commit(other_db, event)
+                await eventually(lambda: published_count(redis_client, 1), within=3)
+                assert [e.event_id for _, e in await on_stream(redis_client)] == [event.event_id]
+    finally:
+        await other_db.dispose()
+
+
+async def test_relay_restarted_in_process_leads_again(
+    database: Database, redis_client: aioredis.Redis
+) -> None:
+    outbox = make_outbox(database, redis_client)
+    async with relaying(outbox):
+        # Several pooled connections, so the next checkout need not be the lock's one.
+        await asyncio.gather(*(commit(database, user_event(i)) for i in range(5)))
+        await eventually(lambda: published_count(redis_client, 5), within=3)
+    assert not outbox.leader
+    async with relaying(outbox):
+        await commit(database, user_event(5))
+        await eventually(lambda: published_count(redis_client, 6), within=3)
+
+
+async def test_entries_decode_to_the_same_events(
+    database: Database, redis_client: aioredis.Redis
+) -> None:
+    outbox = make_outbox(database, redis_client)
+    events: list[Event] = [
+        user_event(1),
+        ConnectionAccepted(data=EXAMPLES["connection.accepted"], recipient_ids=[1, 2]),
+        ActivityCreated(data=EXAMPLES["activity.created"]),
+    ]
+    async with relaying(outbox):
+        await commit(database, *events)
+
+        async def all_marked() -> bool:
+            return all(r.published_at is not None for r in await rows(database))
+
+        await eventually(all_marked, within=3)
+
+    for event, stream in zip(
+        events, [AUTH_STREAM, CONNECTIONS_STREAM, ACTIVITIES_STREAM], strict=True
+    ):
+        [(_, fields)] = await redis_client.xrange(stream)
+        assert set(fields) == {b"__data__"}
+        decoded = decode_entry(fields)
+        assert type(decoded) is type(event)
+        assert decoded == event
+
+        body, headers = BinaryMessageFormatV1.parse(fields[b"__data__"])
+        assert json.loads(body) == json.loads(event.to_json())
+        assert headers["event-id"] == str(event.event_id)
+        assert headers["event-type"] == event.type
+        assert headers["content-type"] == "application/json"
+
+
+async def test_purge_drops_only_old_published_rows(
+    database: Database, redis_client: aioredis.Redis
+) -> None:
+    outbox = make_outbox(database, redis_client)
+    await commit(database, user_event(1), user_event(2), user_event(3))
+    old = utcnow() - dt.timedelta(hours=25)
+    ids = [r.id for r in await rows(database)]
+    async with database.transaction() as session:
+        await session.execute(
+            update(OutboxEvent).where(OutboxEvent.id == ids[0]).values(published_at=old)
+        )
+        await session.execute(
+            update(OutboxEvent).where(OutboxEvent.id == ids[1]).values(published_at=utcnow())
+        )
+        await session.execute(
+            update(OutboxEvent).where(OutboxEvent.id == ids[2]).values(created_at=old)
+        )
+    await outbox.purge_published()
+    assert [r.id for r in await rows(database)] == ids[1:]
+
+
+async def test_relay_stops_when_cancelled_right_after_a_wake_up(
+    database: Database, redis_client: aioredis.Redis
+) -> None:
+    # Shutdown cancels the relay; a commit's wake-up landing at that moment must not make
+    # it survive the cancellation (asyncio.wait_for on Python 3.11 swallowed it).
+    outbox = make_outbox(database, redis_client)
+    for _ in range(10):
+        task = asyncio.create_task(outbox.run())
+
+        async def idle(task: asyncio.Task[None] = task) -> bool:
+            assert not task.done()
+            return outbox.leader
+
+        await eventually(idle, within=5)
+        await asyncio.sleep(0.02)  # inside the poll wait now
+        outbox.wake()
+        await stop(task)
+        assert task.cancelled()
+        assert not outbox.leader
+
+
+async def test_wait_published(database: Database, redis_client: aioredis.Redis) -> None:
+    outbox = make_outbox(database, redis_client)
+    watcher_db = Database(database.url)
+    try:
+        watcher = make_outbox(watcher_db, redis_client)  # not the leader: watches the row
+        async with relaying(outbox):
+            await commit(database, user_event(1))
+            [row] = await rows(database)
+            assert await outbox.wait_published(row.id, within=2)
+            assert await watcher.wait_published(row.id, within=2)
+            assert outbox.published_upto >= row.id
+    finally:
+        await watcher_db.dispose()
+    # No relay running: the wait gives up in time.
+    await commit(database, user_event(2))
+    last = (await rows(database))[-1]
+    started = time.perf_counter()
+    assert not await outbox.wait_published(last.id, within=0.2)
+    assert time.perf_counter() - started < 1
