@@ -102,7 +102,8 @@ async def health(request: web.Request) -> web.Response:
     session = app[session_key]
 
     async def redis_check() -> dict[str, Any]:
-        await asyncio.wait_for(app[redis_key].ping(), 2)
+        async with asyncio.timeout(2):
+            await app[redis_key].ping()
         return {"status": "ok"}
 
     async def service_check(url: str) -> dict[str, Any]:

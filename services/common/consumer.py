@@ -109,7 +109,7 @@ class Consumer:
                 raise
             except redis.exceptions.ResponseError as exc:
                 self.running = False
-                if "NOGROUP" in str(exc):
+                if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
                     log.warning("group %s vanished; re-creating it", self.group)
                     continue
                 self._note(exc)

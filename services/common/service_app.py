@@ -168,7 +168,8 @@ async def health(request: web.Request) -> web.Response:
 
     async def probe(name: str, coro: Any) -> None:
         try:
-            await asyncio.wait_for(coro, 2)
+            async with asyncio.timeout(2):
+                await coro
             checks[name] = {"status": "ok"}
         except Exception as exc:
             checks[name] = {"status": "down", "error": type(exc).__name__}
