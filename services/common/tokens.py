@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ ALGORITHM = "EdDSA"
 ROLES = frozenset({"professional", "client"})
 REVOCATION_CHANNEL = "auth.revocations"
 REQUIRED_CLAIMS = ["exp", "iat", "sub", "jti", "iss", "aud"]
+LEEWAY_SECONDS = 5
 
 
 class InvalidToken(Exception):
@@ -99,12 +101,29 @@ def load_private_key(pem: str | None, path: Path) -> Ed25519PrivateKey:
 class TokenVerifier:
     """Checks signature, algorithm, expiry, issuer and audience of an access token."""
 
+    CACHE_SIZE = 10_000
+
     def __init__(self, public_key: Ed25519PublicKey, *, issuer: str, audience: str) -> None:
         self._key = public_key
         self._issuer = issuer
         self._audience = audience
+        # Verified tokens, so a client's next request skips the signature check (the
+        # costliest step on the hot path); expiry is still checked on every use.
+        self._verified: dict[str, Identity] = {}
 
     def verify(self, token: str) -> Identity:
+        cached = self._verified.get(token)
+        if cached is not None:
+            if cached.expires_at + LEEWAY_SECONDS >= time.time():
+                return cached
+            del self._verified[token]
+        identity = self._verify(token)
+        if len(self._verified) >= self.CACHE_SIZE:
+            self._verified.clear()  # crude but bounded; refills from live traffic
+        self._verified[token] = identity
+        return identity
+
+    def _verify(self, token: str) -> Identity:
         try:
             claims = jwt.decode(
                 token,
@@ -113,7 +132,7 @@ class TokenVerifier:
                 issuer=self._issuer,
                 audience=self._audience,
                 options={"require": REQUIRED_CLAIMS},
-                leeway=5,
+                leeway=LEEWAY_SECONDS,
             )
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise InvalidToken(type(exc).__name__) from exc
