@@ -160,14 +160,10 @@ async def _connected(ctx: ActivitiesContext, professional_id: int, client_id: in
         ConnectionCopy.client_id == client_id,
         ConnectionCopy.status == "accepted",
     )
+    # A connection accepted or removed a moment ago may not have reached the copy yet.
+    await ctx.catch_up()
     async with ctx.db.read() as session:
-        if await session.scalar(query.limit(1)):
-            return True
-    # A connection accepted a moment ago may not have reached the copy yet.
-    if await ctx.catch_up():
-        async with ctx.db.read() as session:
-            return bool(await session.scalar(query.limit(1)))
-    return False
+        return bool(await session.scalar(query.limit(1)))
 
 
 async def invite(
@@ -212,6 +208,7 @@ async def invite(
 async def respond(
     ctx: ActivitiesContext, *, identity: Identity, invite_id: int, accept: bool
 ) -> InviteData:
+    await ctx.catch_up()  # an invite cancelled by a connection removal a moment ago stays so
     async with ctx.db.transaction() as session:
         row = await session.scalar(
             select(Invite)
@@ -250,6 +247,7 @@ async def respond(
 async def list_activities(
     ctx: ActivitiesContext, *, identity: Identity, limit: int, offset: int
 ) -> list[ActivityData]:
+    await ctx.catch_up()  # counts show invites cancelled by a connection removal a moment ago
     async with ctx.db.read() as session:
         activities = (
             await session.scalars(
@@ -312,13 +310,16 @@ async def delete_activity(ctx: ActivitiesContext, *, identity: Identity, activit
 async def on_connection_changed(db: Database, connection: ConnectionData) -> None:
     """Keep the copy of connections; a removal cancels the pending invites of the pair.
 
-    An event older than the stored state is ignored, so redelivery and reordering
-    leave the newest state, and a cancellation happens once.
+    An event older than the stored state, or carrying that same state again, is ignored,
+    so redelivery and reordering leave the newest state, and a cancellation happens once.
     """
     async with db.transaction() as session:
         copy = await session.get(ConnectionCopy, connection.id, with_for_update=True)
-        if copy is not None and connection.updated_at < copy.updated_at:
-            return
+        if copy is not None and (
+            connection.updated_at < copy.updated_at
+            or (connection.updated_at == copy.updated_at and connection.status == copy.status)
+        ):
+            return  # older than the copy, or the very state it already holds (a replay)
         if copy is None:
             copy = ConnectionCopy(connection_id=connection.id)
             session.add(copy)

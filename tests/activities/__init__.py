@@ -1,0 +1,1 @@
+"""Integration tests of the activities service, through the gateway."""
