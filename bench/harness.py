@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -86,7 +87,15 @@ def wrk(
         "p50": _ms(re.search(r"\s50%\s+([\d.]+\w+)", out).group(1)),
         "p99": _ms(re.search(r"\s99%\s+([\d.]+\w+)", out).group(1)),
         "errors": float(sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))),
+        # wrk leaves timed-out requests (over 2 s) out of its latencies: count them apart.
+        "socket_errors": float(sum(int(n) for n in _socket_errors(out))),
+        "requests": float(re.search(r"(\d+) requests in", out).group(1)),
     }
+
+
+def _socket_errors(out: str) -> list[str]:
+    found = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return list(found.groups()) if found else []
 
 
 def _ms(value: str) -> float:
@@ -99,3 +108,18 @@ def print_table(title: str, rows: list[tuple[str, dict[str, float]]]) -> None:
     print(f"{'case':<48} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
     for name, r in rows:
         print(f"{name:<48} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['errors']:>8.0f}")
+
+
+def log_findings(stack: Stack) -> None:
+    """Warnings and errors the processes logged during the run (LOG_LEVEL=WARNING)."""
+    for name in ("gateway", "auth", "connections", "activities"):
+        path = stack.log_path(name)
+        text = path.read_text(errors="replace") if path.exists() else ""
+        kinds: collections.Counter[str] = collections.Counter()
+        for line in text.splitlines():
+            if any(w in line for w in ("WARNING", "ERROR", "Traceback", "CRITICAL")):
+                kinds[line.split(" ", 2)[-1][:150]] += 1  # drop the timestamp
+        if not kinds:
+            print(f"  {name}: no warnings or errors logged")
+        for message, count in kinds.most_common(5):
+            print(f"  {name}: {count} x {message}")
