@@ -155,8 +155,7 @@ async def logout(request: web.Request) -> web.Response:
 
 async def me(request: web.Request) -> web.Response:
     identity = await authenticate(request)
-    user = await service.get_user(request.app[ctx_key], user_id=identity.user_id)
-    return json_response(user_data(user))
+    return json_response(await service.get_user(request.app[ctx_key], user_id=identity.user_id))
 
 
 async def list_users(request: web.Request) -> web.Response:
@@ -173,7 +172,7 @@ async def list_users(request: web.Request) -> web.Response:
     users = await service.list_users(
         request.app[ctx_key], viewer=identity, role=role, limit=limit, offset=offset
     )
-    return json_response([user_data(u) for u in users])
+    return json_response(users)
 
 
 ROLE_QUERY = {

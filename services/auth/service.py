@@ -8,18 +8,19 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy.exc
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from redis.asyncio import Redis
-from sqlalchemy import or_, select, update
+from sqlalchemy import Select, bindparam, or_, select, update
 
 from services.common.db import Database, utcnow
-from services.common.events import UserData, UserPayload, UserRegistered
+from services.common.events import UserData, UserPayload, UserRegistered, format_timestamp
 from services.common.outbox import stage
 from services.common.tokens import Identity, RevocationList, TokenIssuer, new_opaque_token
 
@@ -288,33 +289,60 @@ async def logout(ctx: AuthContext, *, identity: Identity, refresh_token: str | N
             )
 
 
-async def get_user(ctx: AuthContext, *, user_id: int) -> User:
-    async with ctx.db.read() as session:
-        user = await session.get(User, user_id)
-    if user is None:
-        raise UserNotFound(user_id)
-    return user
+_USER_COLUMNS = (User.id, User.name, User.email, User.role, User.created_at)
+GET_USER = select(*_USER_COLUMNS).where(User.id == bindparam("uid"))
 
 
-async def list_users(
-    ctx: AuthContext, *, viewer: Identity, role: str | None, limit: int, offset: int
-) -> list[User]:
-    """Professionals are listed to everyone; a client only to themself and to the
-    professionals with an accepted connection to them."""
-    visible = [User.role == "professional", User.id == viewer.user_id]
-    if viewer.role == "professional" and role != "professional":
-        await ctx.catch_up()  # a connection accepted a moment ago makes its client visible
+def _users_statement(viewer_role: str, role: str | None) -> Select:
+    visible = [User.role == "professional", User.id == bindparam("uid")]
+    if viewer_role == "professional" and role != "professional":
         visible.append(
             User.id.in_(
                 select(ClientLink.client_id).where(
-                    ClientLink.professional_id == viewer.user_id,
+                    ClientLink.professional_id == bindparam("uid"),
                     ClientLink.status == "accepted",
                 )
             )
         )
-    query = select(User).where(or_(*visible))
+    query = select(*_USER_COLUMNS).where(or_(*visible))
     if role:
         query = query.where(User.role == role)
-    query = query.order_by(User.id.desc()).limit(limit).offset(offset)
-    async with ctx.db.read() as session:
-        return list((await session.scalars(query)).all())
+    return query.order_by(User.id.desc()).limit(bindparam("limit")).offset(bindparam("offset"))
+
+
+# Built once; the directory is read without the ORM (see Database.fetch).
+USERS_STATEMENTS = {
+    (viewer, role): _users_statement(viewer, role)
+    for viewer in ("professional", "client")
+    for role in (None, "professional", "client")
+}
+
+
+def user_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The User object of API.md from one row (same shape as `user_data`)."""
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "email": row["email"],
+        "role": row["role"],
+        "created_at": format_timestamp(row["created_at"]),
+    }
+
+
+async def get_user(ctx: AuthContext, *, user_id: int) -> dict[str, Any]:
+    rows = await ctx.db.fetch(GET_USER, uid=user_id)
+    if not rows:
+        raise UserNotFound(user_id)
+    return user_json(rows[0])
+
+
+async def list_users(
+    ctx: AuthContext, *, viewer: Identity, role: str | None, limit: int, offset: int
+) -> list[dict[str, Any]]:
+    """Professionals are listed to everyone; a client only to themself and to the
+    professionals with an accepted connection to them."""
+    if viewer.role == "professional" and role != "professional":
+        await ctx.catch_up()  # a connection accepted a moment ago makes its client visible
+    stmt = USERS_STATEMENTS[(viewer.role, role)]
+    rows = await ctx.db.fetch(stmt, uid=viewer.user_id, limit=limit, offset=offset)
+    return [user_json(row) for row in rows]
