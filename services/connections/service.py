@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import zlib
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy.exc
-from sqlalchemy import Select, select
+from sqlalchemy import Select, bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -21,6 +23,7 @@ from services.common.events import (
     ConnectionRequested,
     Party,
     UserData,
+    format_timestamp,
 )
 from services.common.outbox import stage
 from services.common.tokens import Identity
@@ -126,6 +129,25 @@ async def _caller(ctx: ConnectionsContext, identity: Identity) -> UserCopy:
     return me
 
 
+_EMAIL_LOCK_SPACE = 0x636F6E6E  # "conn": the key space of the per-email advisory locks
+
+
+async def _lock_email(session: AsyncSession, email: str) -> None:
+    """Serialise an email invitation with the sign-up that may bind it (PostgreSQL).
+
+    Without it, an invite that looked the address up just before its owner's copy landed
+    and the binding that looked for waiting invites just before the invite committed both
+    miss, and the invitation stays unbound for good. SQLite already serialises writers.
+    """
+    if session.bind.dialect.name != "postgresql":
+        return
+    key = zlib.crc32(email.encode())
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(:space, :key)"),
+        {"space": _EMAIL_LOCK_SPACE, "key": key - 2**32 if key >= 2**31 else key},
+    )
+
+
 def _payload(row: Connection, pro: UserCopy | None, client: UserCopy | None) -> ConnectionPayload:
     return ConnectionPayload(connection=view(row, pro, client))
 
@@ -140,6 +162,17 @@ async def _insert(
 ) -> ConnectionData:
     try:
         async with ctx.db.transaction() as session:
+            await _lock_email(session, row.client_email)
+            if row.client_id is None:
+                # The addressee may have signed up since the lookup: bind to them now.
+                client = await session.scalar(
+                    select(UserCopy).where(UserCopy.email == row.client_email)
+                )
+                if client is not None:
+                    if client.role != "client":
+                        raise NotAClient(row.client_email)
+                    row.client_id = client.id
+                    recipients = [client.id]
             open_pair = await session.scalar(
                 select(Connection.id).where(
                     Connection.professional_id == row.professional_id,
@@ -256,28 +289,79 @@ async def remove(ctx: ConnectionsContext, *, identity: Identity, connection_id: 
         )
 
 
-async def list_connections(
-    ctx: ConnectionsContext, *, identity: Identity, status: str | None, limit: int, offset: int
-) -> list[ConnectionData]:
-    await ctx.catch_up()  # an email invite bound by a sign-up a moment ago shows up
-    query = _with_parties(select(Connection, Pro, Client))
-    if identity.role == "professional":
-        query = query.where(Connection.professional_id == identity.user_id)
-    else:
-        query = query.where(Connection.client_id == identity.user_id)
-    if status:
-        query = query.where(Connection.status == status)
+def _list_statement(side: str, with_status: bool) -> Select:
+    query = _with_parties(
+        select(
+            Connection.id,
+            Connection.status,
+            Connection.initiated_by,
+            Connection.professional_id,
+            Connection.client_id,
+            Connection.client_email,
+            Connection.created_at,
+            Connection.updated_at,
+            Pro.name.label("pro_name"),
+            Pro.email.label("pro_email"),
+            Client.name.label("client_name"),
+        )
+    )
+    owner = Connection.professional_id if side == "professional" else Connection.client_id
+    query = query.where(owner == bindparam("uid"))
+    if with_status:
+        query = query.where(Connection.status == bindparam("status"))
     else:
         query = query.where(Connection.status != "removed")
-    query = query.order_by(Connection.id.desc()).limit(limit).offset(offset)
-    async with ctx.db.read() as session:
-        rows = (await session.execute(query)).all()
-    return [view(row, pro, client) for row, pro, client in rows]
+    return (
+        query.order_by(Connection.id.desc()).limit(bindparam("limit")).offset(bindparam("offset"))
+    )
+
+
+# Built once: the list is the hottest read, so it skips the ORM (see Database.fetch).
+LIST_STATEMENTS = {
+    (side, with_status): _list_statement(side, with_status)
+    for side in ("professional", "client")
+    for with_status in (False, True)
+}
+
+
+def connection_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The Connection object of API.md from one list row (same shape as `view`)."""
+    bound = row["client_id"] is not None
+    return {
+        "id": row["id"],
+        "status": row["status"],
+        "initiated_by": row["initiated_by"],
+        "professional": {
+            "id": row["professional_id"],
+            "name": row["pro_name"],
+            "email": row["pro_email"] or "",
+        },
+        "client": {
+            "id": row["client_id"],
+            "name": row["client_name"] if bound else None,
+            "email": row["client_email"],
+        },
+        "created_at": format_timestamp(row["created_at"]),
+        "updated_at": format_timestamp(row["updated_at"]),
+    }
+
+
+async def list_connections(
+    ctx: ConnectionsContext, *, identity: Identity, status: str | None, limit: int, offset: int
+) -> list[dict[str, Any]]:
+    await ctx.catch_up()  # an email invite bound by a sign-up a moment ago shows up
+    stmt = LIST_STATEMENTS[(identity.role, status is not None)]
+    params: dict[str, Any] = {"uid": identity.user_id, "limit": limit, "offset": offset}
+    if status is not None:
+        params["status"] = status
+    return [connection_json(row) for row in await ctx.db.fetch(stmt, **params)]
 
 
 async def on_user_registered(db: Database, user: UserData) -> None:
     """Copy the user; a new client takes over the email invitations waiting for them."""
     async with db.transaction() as session:
+        if user.role == "client":
+            await _lock_email(session, user.email)
         if await session.get(UserCopy, user.id) is None:
             session.add(UserCopy(id=user.id, name=user.name, email=user.email, role=user.role))
             await session.flush()
