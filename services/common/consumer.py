@@ -150,10 +150,9 @@ class Consumer:
             reply = await self.redis.xreadgroup(self.group, self.consumer, cursor, count=self.batch)
             progressed = {}
             for stream, entries in reply or []:
-                name = _s(stream)
                 if entries:
-                    progressed[name] = _s(entries[-1][0])
-                await self._handle_entries(name, entries)
+                    progressed[_s(stream)] = _s(entries[-1][0])
+            await self._handle_reply(reply)
             cursor = {s: i for s, i in progressed.items() if s in cursor}
 
     async def reclaim(self) -> int:
@@ -179,8 +178,13 @@ class Consumer:
         return count
 
     async def _handle_reply(self, reply: Any) -> None:
-        for stream, entries in reply or []:
-            await self._handle_entries(_s(stream), entries)
+        # Entries of several streams are handled in the order Redis appended them (their
+        # ids come from one clock), not stream by stream: a backlog that spans streams
+        # then keeps the order in which the changes happened.
+        merged = [(_s(stream), _s(i), f) for stream, entries in reply or [] for i, f in entries]
+        merged.sort(key=lambda entry: _id_tuple(entry[1]))
+        for stream, entry_id, fields in merged:
+            await self._handle_one(stream, entry_id, fields)
 
     async def _handle_entries(self, stream: str, entries: list[Any]) -> None:
         for entry_id, fields in entries:
@@ -260,51 +264,54 @@ def _id_tuple(entry_id: Any) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+# Has `group` handled everything on these streams? Run inside Redis, so the caller gets
+# one integer instead of parsing XINFO replies (which carry whole entries). An entry is
+# still in flight while it is undelivered, or pending on its first delivery; entries
+# being retried (a failing handler) do not hold readers up.
+CAUGHT_UP = """
+local function before(a, b)
+  local ams, aseq = string.match(a, '(%d+)-(%d+)')
+  local bms, bseq = string.match(b, '(%d+)-(%d+)')
+  ams, aseq, bms, bseq = tonumber(ams), tonumber(aseq), tonumber(bms), tonumber(bseq)
+  return ams < bms or (ams == bms and aseq < bseq)
+end
+for _, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1][1]
+    local delivered = nil
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+      local name, seen
+      for j = 1, #g, 2 do
+        if g[j] == 'name' then name = g[j + 1] end
+        if g[j] == 'last-delivered-id' then seen = g[j + 1] end
+      end
+      if name == ARGV[1] then delivered = seen end
+    end
+    if delivered == nil or before(delivered, last) then return 0 end
+    for _, p in ipairs(redis.call('XPENDING', key, ARGV[1], '-', last, 100)) do
+      if tonumber(p[4]) <= 1 then return 0 end
+    end
+  end
+end
+return 1
+"""
+
+
 async def wait_caught_up(
     client: Redis, *, group: str, streams: Sequence[str], within: float = 1.0
 ) -> bool:
     """Wait until `group` has handled every entry already on `streams` (all replicas).
 
     The read-your-writes barrier for local copies, used where a read or a check depends
-    on another service's recent write. When the group is idle it costs one pipelined
-    round trip; otherwise it polls every few milliseconds. False when time ran out.
+    on another service's recent write. One EVALSHA when the group is idle; otherwise it
+    polls every few milliseconds. False when time ran out.
     """
+    script = client.register_script(CAUGHT_UP)  # cheap: the SHA is computed once per call
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
-    targets: dict[str, tuple[int, int]] | None = None
     while True:
-        async with client.pipeline(transaction=False) as pipe:
-            for stream in streams:
-                pipe.xinfo_stream(stream)
-                pipe.xinfo_groups(stream)
-                pipe.xpending(stream, group)
-            replies = await pipe.execute(raise_on_error=False)
-        if targets is None:
-            targets = {}
-            for i, stream in enumerate(streams):
-                info = replies[3 * i]
-                if not isinstance(info, Exception):  # no stream yet: nothing to wait for
-                    targets[stream] = _id_tuple(info["last-generated-id"])
-        if all(_handled(replies, i, s, group, targets) for i, s in enumerate(streams)):
+        if await script(keys=list(streams), args=[group]):
             return True
         if loop.time() >= deadline:
             return False
         await asyncio.sleep(0.002)
-
-
-def _handled(
-    replies: list[Any], i: int, stream: str, group: str, targets: dict[str, tuple[int, int]]
-) -> bool:
-    target = targets.get(stream)
-    if target is None:
-        return True
-    groups, pending = replies[3 * i + 1], replies[3 * i + 2]
-    if isinstance(groups, Exception):
-        return False
-    mine = next((g for g in groups if _s(g["name"]) == group), None)
-    if mine is None or _id_tuple(mine["last-delivered-id"]) < target:
-        return False
-    if isinstance(pending, Exception) or not pending["pending"]:
-        return not isinstance(pending, Exception)
-    # Something is still pending: fine only if all of it came after the target.
-    return _id_tuple(pending["min"]) > target

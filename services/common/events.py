@@ -19,8 +19,10 @@ ACTIVITIES_STREAM = "activities.events"
 
 def format_timestamp(value: dt.datetime) -> str:
     """ISO 8601 in UTC with a `Z` suffix, millisecond precision, as API.md requires."""
-    value = value.astimezone(dt.UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    if value.tzinfo is not dt.UTC:
+        value = value.astimezone(dt.UTC)
+    # isoformat is C code; strftime was a tenth of a list request's CPU.
+    return value.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def _as_sent(value: dt.datetime) -> dt.datetime:
