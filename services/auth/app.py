@@ -8,10 +8,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from services.common.consumer import wait_caught_up
 from services.common.service_app import (
     ServiceSpec,
     Subscription,
+    catch_up_key,
     create_service_app,
     db_key,
     run_service,
@@ -41,10 +41,6 @@ def create_app(settings: AuthSettings | None = None) -> web.Application:
         await passwords.start()
         key = load_private_key(settings.jwt_private_key, settings.private_key_path)
         redis = app[redis_key]
-
-        async def catch_up() -> bool:
-            return await wait_caught_up(redis, group=bus.GROUP, streams=bus.STREAMS, within=0.5)
-
         app[api.ctx_key] = AuthContext(
             db=app[db_key],
             passwords=passwords,
@@ -62,7 +58,7 @@ def create_app(settings: AuthSettings | None = None) -> web.Application:
             ),
             revocations=RevocationList(redis),
             refresh_ttl=dt.timedelta(seconds=settings.refresh_ttl_seconds),
-            catch_up=catch_up,
+            catch_up=app[catch_up_key],
         )
         yield
         passwords.close()

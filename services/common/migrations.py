@@ -64,3 +64,34 @@ async def _run_online(url: str, metadata: MetaData) -> None:
             await conn.commit()
     finally:
         await engine.dispose()
+
+
+def create_outbox_table() -> None:
+    """The `outbox` table of `OutboxMixin`, for a service's first migration."""
+    import sqlalchemy as sa
+    from alembic import op
+
+    from .db import UTCDateTime
+    from .tables import Id
+
+    op.create_table(
+        "outbox",
+        sa.Column("id", Id, autoincrement=True, nullable=False),
+        sa.Column("event_id", sa.String(length=36), nullable=False),
+        sa.Column("stream", sa.String(length=100), nullable=False),
+        sa.Column("type", sa.String(length=100), nullable=False),
+        sa.Column("payload", sa.Text(), nullable=False),
+        sa.Column("created_at", UTCDateTime(timezone=True), nullable=False),
+        sa.Column("published_at", UTCDateTime(timezone=True), nullable=True),
+        sa.Column("stream_id", sa.String(length=40), nullable=True),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("event_id"),
+    )
+    op.create_index("ix_outbox_unpublished", "outbox", ["published_at", "id"], unique=False)
+
+
+def drop_outbox_table() -> None:
+    from alembic import op
+
+    op.drop_index("ix_outbox_unpublished", table_name="outbox")
+    op.drop_table("outbox")

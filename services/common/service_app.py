@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from .consumer import Consumer, Handler
+from .consumer import Consumer, Handler, wait_caught_up
 from .db import Database
 from .migrations import upgrade
 from .openapi import Route, openapi_handler, register
@@ -44,6 +44,7 @@ db_key = web.AppKey("db", Database)
 outbox_key = web.AppKey("outbox", Outbox)
 consumer_key = web.AppKey("consumer", Consumer)
 settings_key = web.AppKey("settings", CommonSettings)
+catch_up_key = web.AppKey("catch_up", object)
 
 CleanupCtx = Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]
 
@@ -65,6 +66,8 @@ class ServiceSpec:
     errors: DomainErrors
     migrations: Path
     subscription: Subscription | None = None
+    # The use cases' context: stored under the key, built with `db=` and `catch_up=`.
+    context: tuple[web.AppKey[Any], Callable[..., Any]] | None = None
     contexts: list[Any] = field(default_factory=list)
 
 
@@ -154,7 +157,24 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Appl
         async with background(consumer.run(), f"{spec.name}-consumer"):
             yield
 
-    app.cleanup_ctx.extend([database_ctx, redis_ctx, relay_ctx, *spec.contexts, consumer_ctx])
+    async def use_case_ctx(app: web.Application) -> AsyncIterator[None]:
+        redis, sub = app[redis_key], spec.subscription
+
+        async def catch_up() -> bool:
+            # Read-your-writes on the local copies (see consumer.wait_caught_up).
+            if sub is None:
+                return True
+            return await wait_caught_up(redis, group=sub.group, streams=sub.streams)
+
+        app[catch_up_key] = catch_up
+        if spec.context is not None:
+            key, build = spec.context
+            app[key] = build(db=app[db_key], catch_up=catch_up)
+        yield
+
+    app.cleanup_ctx.extend(
+        [database_ctx, redis_ctx, relay_ctx, use_case_ctx, *spec.contexts, consumer_ctx]
+    )
     app.router.add_get("/health", health)
     app.router.add_get("/openapi.json", openapi_handler(spec.routes, spec.errors))
     register(app, spec.routes)

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import services.common.db
+from services.common.migrations import create_outbox_table, drop_outbox_table
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -41,26 +42,7 @@ def upgrade() -> None:
             "ix_client_links_professional", ["professional_id", "status", "client_id"], unique=False
         )
 
-    op.create_table(
-        "outbox",
-        sa.Column(
-            "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            autoincrement=True,
-            nullable=False,
-        ),
-        sa.Column("event_id", sa.String(length=36), nullable=False),
-        sa.Column("stream", sa.String(length=100), nullable=False),
-        sa.Column("type", sa.String(length=100), nullable=False),
-        sa.Column("payload", sa.Text(), nullable=False),
-        sa.Column("created_at", services.common.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("published_at", services.common.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("stream_id", sa.String(length=40), nullable=True),
-        sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("event_id"),
-    )
-    with op.batch_alter_table("outbox", schema=None) as batch_op:
-        batch_op.create_index("ix_outbox_unpublished", ["published_at", "id"], unique=False)
+    create_outbox_table()
 
     op.create_table(
         "users",
@@ -124,10 +106,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_users_role_id")
 
     op.drop_table("users")
-    with op.batch_alter_table("outbox", schema=None) as batch_op:
-        batch_op.drop_index("ix_outbox_unpublished")
-
-    op.drop_table("outbox")
+    drop_outbox_table()
     with op.batch_alter_table("client_links", schema=None) as batch_op:
         batch_op.drop_index("ix_client_links_professional")
 
