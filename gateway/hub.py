@@ -31,6 +31,7 @@ QUEUE_SIZE = 256
 REPLAY_BATCH = 500
 CLOSE_REVOKED = 4001
 REVOCATION_SWEEP_SECONDS = 2.0
+CLOSE_TIMEOUT_SECONDS = 1.0
 
 
 def id_tuple(entry_id: str | bytes) -> tuple[int, int]:
@@ -51,10 +52,27 @@ def entry_frame(entry_id: bytes | str, fields: dict[bytes, bytes]) -> str:
 class Conn:
     """One open socket: its identity, a bounded send queue, and the last id it was sent."""
 
-    __slots__ = ("buffer", "hub", "identity", "last", "live", "queue", "sender", "ws")
+    __slots__ = (
+        "buffer",
+        "hub",
+        "identity",
+        "last",
+        "live",
+        "queue",
+        "sender",
+        "transport",
+        "ws",
+    )
 
-    def __init__(self, ws: web.WebSocketResponse, identity: Identity, hub: Hub) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        identity: Identity,
+        hub: Hub,
+        transport: asyncio.Transport | None = None,
+    ) -> None:
         self.ws = ws
+        self.transport = transport  # to drop a client that stopped reading, at shutdown
         self.hub = hub
         self.identity = identity
         self.queue: asyncio.Queue[str] = asyncio.Queue(QUEUE_SIZE)
@@ -230,7 +248,16 @@ class Hub:
     async def close_all(
         self, code: int = WSCloseCode.GOING_AWAY, reason: str = "server shutdown"
     ) -> None:
-        await asyncio.gather(
-            *(c.ws.close(code=code, message=reason.encode()) for c in self.all()),
-            return_exceptions=True,
-        )
+        async def close(conn: Conn) -> None:
+            # A client that stopped reading never lets the close frame drain (and aiohttp
+            # would then wait for its handler, twice the shutdown timeout): after a moment
+            # drop the connection rather than hold the shutdown up.
+            try:
+                await asyncio.wait_for(
+                    conn.ws.close(code=code, message=reason.encode()), CLOSE_TIMEOUT_SECONDS
+                )
+            except TimeoutError:
+                if conn.transport is not None:
+                    conn.transport.abort()
+
+        await asyncio.gather(*(close(c) for c in self.all()), return_exceptions=True)

@@ -63,7 +63,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         protocols=("bearer",) if via_protocol else (),
         max_msg_size=64 * 1024,
     )
-    conn = Conn(ws, identity, hub)
+    conn = Conn(ws, identity, hub, request.transport)
     hub.add(conn)  # before the upgrade: entries arriving from now on are buffered, not lost
     try:
         await ws.prepare(request)

@@ -1,0 +1,1 @@
+"""Live notifications: the WebSocket at /api/ws and the log at /api/notifications."""
