@@ -40,6 +40,11 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || apt-get install -y wrk
 	$(PY) -m bench.auth_bench sqlite
 	$(PY) -m bench.auth_bench postgres
+	$(PY) -m bench.rest_bench sqlite
+	$(PY) -m bench.rest_bench postgres
+	$(PY) -m bench.lag_bench sqlite
+	$(PY) -m bench.lag_bench postgres
+	$(PY) -m bench.live_bench all
 
 clean:
 	rm -rf var .pytest_cache
