@@ -1,0 +1,1 @@
+"""Integration tests of the connections service, through the gateway, on both backends."""
