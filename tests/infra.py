@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import random
 import shutil
 import signal
 import socket
@@ -24,10 +25,27 @@ from typing import Any
 from dev.run import redis_binary
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port for a server of ours that nothing else will take before it binds.
+
+    Not from the kernel's ephemeral range (32768+), where an outgoing connection could
+    grab it between this check and the server's bind, and never the same one twice in
+    a run (two binds of port 0 can return the same port).
+    """
+    while True:
+        port = random.randrange(20_000, 32_000)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:
