@@ -276,8 +276,9 @@ local function before(a, b)
   return ams < bms or (ams == bms and aseq < bseq)
 end
 for _, key in ipairs(KEYS) do
-  if redis.call('EXISTS', key) == 1 then
-    local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1][1]
+  local top = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+  if #top > 0 then  -- no stream, or an empty one: nothing to wait for
+    local last = top[1][1]
     local delivered = nil
     for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
       local name, seen

@@ -294,3 +294,10 @@ async def test_wait_caught_up(redis_client: aioredis.Redis, stream: str) -> None
         assert await handler.has(*events)
     # A stream that does not exist has nothing to wait for.
     assert await wait_caught_up(redis_client, group=GROUP, streams=["no.such.stream"])
+
+
+async def test_wait_caught_up_on_an_empty_stream(redis_client: aioredis.Redis, stream: str) -> None:
+    # A group's XGROUP CREATE ... MKSTREAM leaves an empty stream: nothing to wait for
+    # (this was a Lua error, and GET /api/users a 500, on a fresh system).
+    await redis_client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    assert await wait_caught_up(redis_client, group=GROUP, streams=[stream], within=0.1)
