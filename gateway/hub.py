@@ -31,7 +31,8 @@ QUEUE_SIZE = 256
 REPLAY_BATCH = 500
 CLOSE_REVOKED = 4001
 REVOCATION_SWEEP_SECONDS = 2.0
-CLOSE_TIMEOUT_SECONDS = 1.0
+CLOSE_TIMEOUT_SECONDS = 1.0  # on shutdown
+SLOW_CLOSE_SECONDS = 5.0  # a slow or revoked client gets this long to read its close frame
 
 
 def id_tuple(entry_id: str | bytes) -> tuple[int, int]:
@@ -107,10 +108,23 @@ class Conn:
             self.offer(f"{key[0]}-{key[1]}", text)
 
     def close_later(self, code: int, reason: str) -> None:
+        """Close from sync code (the fan-out), without awaiting this socket."""
         if not self.ws.closed:
-            asyncio.get_running_loop().create_task(
-                self.ws.close(code=code, message=reason.encode())
+            task = asyncio.get_running_loop().create_task(
+                self.close(code, reason, within=SLOW_CLOSE_SECONDS)
             )
+            self.hub.closing.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(self.hub.closing.discard)
+
+    async def close(self, code: int, reason: str, *, within: float) -> None:
+        """Send the close frame; a client that never reads it (so it never drains) is
+        dropped after `within` seconds instead of being held, with its buffers, forever."""
+        try:
+            async with asyncio.timeout(within):
+                await self.ws.close(code=code, message=reason.encode())
+        except TimeoutError:
+            if self.transport is not None:
+                self.transport.abort()
 
     async def send_loop(self) -> None:
         while True:
@@ -127,6 +141,7 @@ class Hub:
         self.by_user: dict[int, set[Conn]] = defaultdict(set)
         self.connected = False
         self.sent = 0
+        self.closing: set[asyncio.Task[None]] = set()
 
     def add(self, conn: Conn) -> None:
         self.by_user[conn.identity.user_id].add(conn)
@@ -248,16 +263,9 @@ class Hub:
     async def close_all(
         self, code: int = WSCloseCode.GOING_AWAY, reason: str = "server shutdown"
     ) -> None:
-        async def close(conn: Conn) -> None:
-            # A client that stopped reading never lets the close frame drain (and aiohttp
-            # would then wait for its handler, twice the shutdown timeout): after a moment
-            # drop the connection rather than hold the shutdown up.
-            try:
-                await asyncio.wait_for(
-                    conn.ws.close(code=code, message=reason.encode()), CLOSE_TIMEOUT_SECONDS
-                )
-            except TimeoutError:
-                if conn.transport is not None:
-                    conn.transport.abort()
-
-        await asyncio.gather(*(close(c) for c in self.all()), return_exceptions=True)
+        # A client that stopped reading would hold the shutdown up (aiohttp then waits for
+        # its handler, twice the shutdown timeout): after a moment it is dropped.
+        await asyncio.gather(
+            *(c.close(code, reason, within=CLOSE_TIMEOUT_SECONDS) for c in self.all()),
+            return_exceptions=True,
+        )

@@ -33,7 +33,8 @@ CONSUMER = "notifier"  # shared by design: only the lease holder consumes
 STREAMS = [CONNECTIONS_STREAM, ACTIVITIES_STREAM]
 SIGNAL_CHANNEL = "notifications.signal"
 LEADER_KEY = "notifier:leader"
-LEASE_MS = 5_000
+LEASE_MS = 3_000  # a dead leader is replaced within about this long
+RENEW_SECONDS = 1.0  # the holder renews this often; a stand-by tries twice as often
 LOG_MAXLEN = 1_000
 LOG_TTL_SECONDS = 30 * 24 * 3600
 DEDUP_TTL_SECONDS = 7 * 24 * 3600
@@ -140,7 +141,7 @@ class Notifier:
                 if await self.redis.set(LEADER_KEY, self.instance, nx=True, px=LEASE_MS):
                     await self._lead()
                 else:
-                    await asyncio.sleep(LEASE_MS / 5000)
+                    await asyncio.sleep(RENEW_SECONDS / 2)
             except asyncio.CancelledError:
                 raise
             except (redis.exceptions.RedisError, OSError) as exc:
@@ -154,7 +155,7 @@ class Notifier:
             while True:
                 if not await self._renew(keys=[LEADER_KEY], args=[self.instance, LEASE_MS]):
                     break
-                await asyncio.sleep(LEASE_MS / 5000)
+                await asyncio.sleep(RENEW_SECONDS)
             log.warning("notifier lease lost; standing by")
         finally:
             self.leader = False

@@ -168,7 +168,7 @@ async def test_killing_the_leader_hands_over_without_loss(
         return await leader(live_redis) == survivor_lease
 
     while not await taken_over():
-        assert loop.time() - killed_at < 10, "no replica took the lease over"
+        assert loop.time() - killed_at < 15, "no replica took the lease over"
         await asyncio.sleep(0.1)
     await sock.wait_count(303, within=15)
     await asyncio.sleep(SETTLE)
