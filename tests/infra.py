@@ -24,7 +24,6 @@ from typing import Any
 
 from dev.run import redis_binary
 
-
 _HANDED_OUT: set[int] = set()
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -71,16 +71,24 @@ class ServiceSpec:
     contexts: list[Any] = field(default_factory=list)
 
 
+REDIS_POOL_SIZE = 64
+
+
 def make_redis(url: str) -> Redis:
-    # One quick retry heals a pooled connection broken by a Redis restart; more would only
-    # delay the 503 a caller should get while Redis is really down.
-    return Redis.from_url(
+    """A client whose pool is bounded: a burst of requests waits briefly for a connection
+    instead of opening hundreds at once (seen: handshakes failing with 503 while
+    thousands of sockets connected). One quick retry heals a connection broken by a
+    Redis restart; more would only delay the 503 a caller should get while it is down."""
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=REDIS_POOL_SIZE,
+        timeout=5,
         socket_connect_timeout=2,
         socket_timeout=10,
         health_check_interval=15,
         retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
     )
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() disconnects it
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
