@@ -108,6 +108,12 @@ class Outbox:
         self.published = 0
         self.published_upto = 0  # highest row id on the stream (ids follow commit order)
         self._progress = asyncio.Event()
+        self._unsent = (
+            select(model.id, model.event_id, model.stream, model.type, model.payload)
+            .where(model.published_at.is_(None))
+            .order_by(model.id)
+            .limit(BATCH)
+        )
         db.on_before_commit(self._insert_staged)
         db.on_after_commit(self._after_commit)
 
@@ -190,38 +196,33 @@ class Outbox:
     async def publish_pending(self) -> int:
         """Publish one batch of unsent rows in order; returns how many were sent."""
         m = self.model
-        async with self.db.read() as session:
-            rows = (
-                await session.execute(
-                    select(m.id, m.event_id, m.stream, m.type, m.payload)
-                    .where(m.published_at.is_(None))
-                    .order_by(m.id)
-                    .limit(BATCH)
-                )
-            ).all()
+        rows = await self.db.fetch(self._unsent)
         if not rows:
             return 0
         async with self.redis.pipeline(transaction=False) as pipe:
             for row in rows:
                 data = await encode(
-                    row.payload.encode(), event_id=row.event_id, event_type=row.type
+                    row["payload"].encode(), event_id=row["event_id"], event_type=row["type"]
                 )
-                pipe.xadd(row.stream, {"__data__": data}, maxlen=self.maxlen, approximate=True)
+                pipe.xadd(row["stream"], {"__data__": data}, maxlen=self.maxlen, approximate=True)
             stream_ids = await pipe.execute()
+        # On the stream now: release the replies waiting for these events before marking
+        # the rows (that write queues behind the service's other writers).
+        self.published += len(rows)
+        self.published_upto = rows[-1]["id"]
+        progress, self._progress = self._progress, asyncio.Event()
+        progress.set()
         now = utcnow()
         async with self.db.transaction() as session:
-            # One executemany, keyed by primary key, marks the whole batch.
+            # One executemany, keyed by primary key, marks the whole batch. If this fails
+            # the batch goes out again; consumers drop the copies by event_id.
             await session.execute(
                 update(m),
                 [
-                    {"id": row.id, "published_at": now, "stream_id": _decode(sid)}
+                    {"id": row["id"], "published_at": now, "stream_id": _decode(sid)}
                     for row, sid in zip(rows, stream_ids, strict=True)
                 ],
             )
-        self.published += len(rows)
-        self.published_upto = rows[-1].id
-        progress, self._progress = self._progress, asyncio.Event()
-        progress.set()
         return len(rows)
 
     async def purge_published(self) -> None:
