@@ -12,6 +12,7 @@ import sqlalchemy.exc
 from sqlalchemy import bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.common.copies import apply_connection
 from services.common.db import Database, utcnow
 from services.common.events import (
     ActivityCancelled,
@@ -374,19 +375,8 @@ async def on_connection_changed(db: Database, connection: ConnectionData) -> Non
     so redelivery and reordering leave the newest state, and a cancellation happens once.
     """
     async with db.transaction() as session:
-        copy = await session.get(ConnectionCopy, connection.id, with_for_update=True)
-        if copy is not None and (
-            connection.updated_at < copy.updated_at
-            or (connection.updated_at == copy.updated_at and connection.status == copy.status)
-        ):
+        if not await apply_connection(session, ConnectionCopy, connection):
             return  # older than the copy, or the very state it already holds (a replay)
-        if copy is None:
-            copy = ConnectionCopy(connection_id=connection.id)
-            session.add(copy)
-        copy.professional_id = connection.professional.id or 0
-        copy.client_id = connection.client.id
-        copy.status = connection.status
-        copy.updated_at = connection.updated_at
         if connection.status != "removed" or connection.client.id is None:
             return
         rows = (

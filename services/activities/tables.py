@@ -7,6 +7,7 @@ import datetime as dt
 from sqlalchemy import ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from services.common.copies import ConnectionCopyMixin
 from services.common.db import UTCDateTime, utcnow
 from services.common.outbox import OutboxMixin
 from services.common.tables import Id
@@ -18,16 +19,10 @@ class Base(DeclarativeBase):
     pass
 
 
-class ConnectionCopy(Base):
+class ConnectionCopy(ConnectionCopyMixin, Base):
     """Local copy of connections (from `connection.*`): who may invite whom."""
 
     __tablename__ = "connections"
-
-    connection_id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=False)
-    professional_id: Mapped[int] = mapped_column(Id)
-    client_id: Mapped[int | None] = mapped_column(Id, nullable=True)
-    status: Mapped[str] = mapped_column(String(20))
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_connections_pair", "professional_id", "client_id", "status"),)
 

@@ -7,6 +7,7 @@ import datetime as dt
 from sqlalchemy import ForeignKey, Index, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from services.common.copies import ConnectionCopyMixin
 from services.common.db import UTCDateTime, utcnow
 from services.common.outbox import OutboxMixin
 from services.common.tables import Id
@@ -47,16 +48,10 @@ class RefreshToken(Base):
     access_expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
-class ClientLink(Base):
+class ClientLink(ConnectionCopyMixin, Base):
     """Local copy of connections (from connection events): who may see which client."""
 
     __tablename__ = "client_links"
-
-    connection_id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=False)
-    professional_id: Mapped[int] = mapped_column(Id)
-    client_id: Mapped[int | None] = mapped_column(Id, nullable=True)
-    status: Mapped[str] = mapped_column(String(20))
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         Index("ix_client_links_professional", "professional_id", "status", "client_id"),
