@@ -333,9 +333,21 @@ async def connections_of(api: Api, account: Account, status: str = "") -> list[d
 
 
 async def connect_pair(api: Api, pro: Account, client: Account) -> int:
-    """An accepted connection (the client asks, the professional accepts)."""
+    """An accepted connection (the client asks, the professional accepts), returned once
+    both notifications are in the logs, so a socket opened afterwards never gets them live."""
     asked = await request_pro(api, client, pro)
     await answer_connection(api, pro, asked["id"], "accept")
+
+    async def delivered(account: Account, kind: str) -> bool:
+        return any(
+            n["type"] == kind and n["data"]["connection"]["id"] == asked["id"]
+            for n in await full_log(api, account)
+        )
+
+    for account, kind in ((pro, "connection.requested"), (client, "connection.accepted")):
+        await eventually(
+            lambda a=account, k=kind: delivered(a, k), within=10, what=f"{kind} in the log"
+        )
     return asked["id"]
 
 
