@@ -21,6 +21,7 @@ import redis.exceptions
 from aiohttp import WSCloseCode, web
 from redis.asyncio import Redis
 
+from services.common.tasks import honour_cancellation
 from services.common.tokens import REVOCATION_CHANNEL, Identity
 
 from .notifier import SIGNAL_CHANNEL, frame, log_key, parse_signal
@@ -222,6 +223,7 @@ class Hub:
                 await self.resync()  # anything appended while we were not listening
                 while True:
                     message = await pubsub.get_message(timeout=5.0)
+                    honour_cancellation()
                     if message is None:
                         continue
                     if message["channel"] == SIGNAL_CHANNEL.encode():
@@ -256,6 +258,7 @@ class Hub:
                     flags = await pipe.execute()
             except (redis.exceptions.RedisError, OSError):
                 continue
+            honour_cancellation()
             for conn, revoked in zip(conns, flags, strict=True):
                 if revoked:
                     conn.close_later(CLOSE_REVOKED, "token revoked")

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 
 from services.common.consumer import Consumer
 from services.common.events import ACTIVITIES_STREAM, CONNECTIONS_STREAM, Event, format_timestamp
+from services.common.tasks import honour_cancellation
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ class Notifier:
             while True:
                 if not await self._renew(keys=[LEADER_KEY], args=[self.instance, LEASE_MS]):
                     break
+                honour_cancellation()
                 await asyncio.sleep(RENEW_SECONDS)
             log.warning("notifier lease lost; standing by")
         finally:

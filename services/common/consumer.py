@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from .events import Event, parse_event
+from .tasks import honour_cancellation
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ class Consumer:
                 count=self.batch,
                 block=timeout_ms,
             )
+            honour_cancellation()
             await self._handle_reply(reply)
 
     async def _drain_own_pending(self) -> None:
