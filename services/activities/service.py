@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy.exc
 from sqlalchemy import bindparam, case, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from services.common.copies import apply_connection
 from services.common.db import Database, utcnow
@@ -98,11 +98,11 @@ def invite_view(invite: Invite, activity: Activity) -> InviteData:
     )
 
 
-async def _counts(session: AsyncSession, activity_ids: Sequence[int]) -> dict[int, InviteCounts]:
+def _counts(session: Session, activity_ids: Sequence[int]) -> dict[int, InviteCounts]:
     """Invite counts of many activities in one grouped query (no N+1)."""
     if not activity_ids:
         return {}
-    rows = await session.execute(
+    rows = session.execute(
         select(Invite.activity_id, Invite.status, func.count())
         .where(
             Invite.activity_id.in_(activity_ids),
@@ -125,7 +125,8 @@ async def create_activity(
     starts_at: dt.datetime | None,
     capacity: int | None,
 ) -> ActivityData:
-    async with ctx.db.transaction() as session:
+
+    def create(session: Session) -> ActivityData:
         activity = Activity(
             professional_id=identity.user_id,
             title=title,
@@ -135,14 +136,16 @@ async def create_activity(
             created_at=utcnow(),
         )
         session.add(activity)
-        await session.flush()
+        session.flush()
         data = activity_view(activity, InviteCounts())
         stage(session, ActivityCreated(data=ActivityPayload(activity=data)))
-    return data
+        return data
+
+    return await ctx.db.write(create)
 
 
-async def _owned_activity(
-    session: AsyncSession, identity: Identity, activity_id: int, *, lock: bool = False
+def _owned_activity(
+    session: Session, identity: Identity, activity_id: int, *, lock: bool = False
 ) -> Activity:
     query = select(Activity).where(
         Activity.id == activity_id,
@@ -151,7 +154,7 @@ async def _owned_activity(
     )
     if lock:
         query = query.with_for_update()
-    activity = await session.scalar(query)
+    activity = session.scalar(query)
     if activity is None:
         raise ActivityNotFound(activity_id)
     return activity
@@ -165,55 +168,55 @@ async def _connected(ctx: ActivitiesContext, professional_id: int, client_id: in
     )
     # A connection accepted or removed a moment ago may not have reached the copy yet.
     await ctx.catch_up()
-    async with ctx.db.read() as session:
-        return bool(await session.scalar(query.limit(1)))
+    return bool(await ctx.db.query(lambda session: session.scalar(query.limit(1))))
 
 
 async def invite(
     ctx: ActivitiesContext, *, identity: Identity, activity_id: int, client_id: int
 ) -> InviteData:
-    async with ctx.db.read() as session:
-        await _owned_activity(session, identity, activity_id)
+    await ctx.db.query(lambda session: _owned_activity(session, identity, activity_id))
     if not await _connected(ctx, identity.user_id, client_id):
         raise NotConnected(client_id)
+
+    def add(session: Session) -> InviteData:
+        activity = _owned_activity(session, identity, activity_id)
+        existing = session.scalar(
+            select(Invite.id).where(
+                Invite.activity_id == activity_id,
+                Invite.client_id == client_id,
+                Invite.status.in_(OPEN),
+            )
+        )
+        if existing:
+            raise AlreadyInvited(existing)
+        now = utcnow()
+        row = Invite(
+            activity_id=activity.id,
+            professional_id=identity.user_id,
+            client_id=client_id,
+            status="pending",
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(row)
+        session.flush()
+        data = invite_view(row, activity)
+        stage(session, ActivityInvited(data=InvitePayload(invite=data), recipient_ids=[client_id]))
+        return data
+
     try:
-        async with ctx.db.transaction() as session:
-            activity = await _owned_activity(session, identity, activity_id)
-            existing = await session.scalar(
-                select(Invite.id).where(
-                    Invite.activity_id == activity_id,
-                    Invite.client_id == client_id,
-                    Invite.status.in_(OPEN),
-                )
-            )
-            if existing:
-                raise AlreadyInvited(existing)
-            now = utcnow()
-            row = Invite(
-                activity_id=activity.id,
-                professional_id=identity.user_id,
-                client_id=client_id,
-                status="pending",
-                created_at=now,
-                updated_at=now,
-            )
-            session.add(row)
-            await session.flush()
-            data = invite_view(row, activity)
-            stage(
-                session, ActivityInvited(data=InvitePayload(invite=data), recipient_ids=[client_id])
-            )
+        return await ctx.db.write(add)
     except sqlalchemy.exc.IntegrityError as exc:  # a concurrent invite won the race
         raise AlreadyInvited(activity_id) from exc
-    return data
 
 
 async def respond(
     ctx: ActivitiesContext, *, identity: Identity, invite_id: int, accept: bool
 ) -> InviteData:
     await ctx.catch_up()  # an invite cancelled by a connection removal a moment ago stays so
-    async with ctx.db.transaction() as session:
-        row = await session.scalar(
+
+    def answer(session: Session) -> InviteData:
+        row = session.scalar(
             select(Invite)
             .where(Invite.id == invite_id, Invite.client_id == identity.user_id)
             .with_for_update()
@@ -224,12 +227,12 @@ async def respond(
             raise InviteNotPending(invite_id)
         # Lock the activity: accepts of one activity queue here, so the capacity check
         # and the update below cannot interleave (SQLite: one writer at a time anyway).
-        activity = await session.scalar(
+        activity = session.scalar(
             select(Activity).where(Activity.id == row.activity_id).with_for_update()
         )
         assert activity is not None
         if accept and activity.capacity is not None:
-            accepted = await session.scalar(
+            accepted = session.scalar(
                 select(func.count()).where(
                     Invite.activity_id == activity.id, Invite.status == "accepted"
                 )
@@ -244,7 +247,9 @@ async def respond(
             session,
             event_cls(data=InvitePayload(invite=data), recipient_ids=[row.professional_id]),
         )
-    return data
+        return data
+
+    return await ctx.db.write(answer)
 
 
 def _count(status: str) -> Any:
@@ -342,18 +347,17 @@ async def list_invites(
 
 
 async def delete_activity(ctx: ActivitiesContext, *, identity: Identity, activity_id: int) -> None:
-    async with ctx.db.transaction() as session:
-        activity = await _owned_activity(session, identity, activity_id, lock=True)
-        counts = (await _counts(session, [activity.id]))[activity.id]
-        notified = (
-            await session.scalars(
-                select(Invite.client_id).where(
-                    Invite.activity_id == activity.id, Invite.status.in_(OPEN)
-                )
+
+    def cancel(session: Session) -> None:
+        activity = _owned_activity(session, identity, activity_id, lock=True)
+        counts = _counts(session, [activity.id])[activity.id]
+        notified = session.scalars(
+            select(Invite.client_id).where(
+                Invite.activity_id == activity.id, Invite.status.in_(OPEN)
             )
         ).all()
         now = utcnow()
-        await session.execute(
+        session.execute(
             update(Invite)
             .where(Invite.activity_id == activity.id, Invite.status.in_(OPEN))
             .values(status="cancelled", updated_at=now)
@@ -367,6 +371,8 @@ async def delete_activity(ctx: ActivitiesContext, *, identity: Identity, activit
             ),
         )
 
+    await ctx.db.write(cancel)
+
 
 async def on_connection_changed(db: Database, connection: ConnectionData) -> None:
     """Keep the copy of connections; a removal cancels the pending invites of the pair.
@@ -374,22 +380,21 @@ async def on_connection_changed(db: Database, connection: ConnectionData) -> Non
     An event older than the stored state, or carrying that same state again, is ignored,
     so redelivery and reordering leave the newest state, and a cancellation happens once.
     """
-    async with db.transaction() as session:
-        if not await apply_connection(session, ConnectionCopy, connection):
+
+    def apply(session: Session) -> None:
+        if not apply_connection(session, ConnectionCopy, connection):
             return  # older than the copy, or the very state it already holds (a replay)
         if connection.status != "removed" or connection.client.id is None:
             return
-        rows = (
-            await session.execute(
-                select(Invite, Activity)
-                .join(Activity, Activity.id == Invite.activity_id)
-                .where(
-                    Invite.professional_id == connection.professional.id,
-                    Invite.client_id == connection.client.id,
-                    Invite.status == "pending",
-                )
-                .with_for_update(of=Invite)
+        rows = session.execute(
+            select(Invite, Activity)
+            .join(Activity, Activity.id == Invite.activity_id)
+            .where(
+                Invite.professional_id == connection.professional.id,
+                Invite.client_id == connection.client.id,
+                Invite.status == "pending",
             )
+            .with_for_update(of=Invite)
         ).all()
         now = utcnow()
         for row, activity in rows:
@@ -402,3 +407,5 @@ async def on_connection_changed(db: Database, connection: ConnectionData) -> Non
                     recipient_ids=[row.client_id],
                 ),
             )
+
+    await db.write(apply)

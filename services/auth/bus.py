@@ -15,8 +15,7 @@ STREAMS = [CONNECTIONS_STREAM]
 
 async def on_connection_changed(db: Database, connection: ConnectionData) -> None:
     """Keep the copy of connections behind the directory rule (newest state wins)."""
-    async with db.transaction() as session:
-        await apply_connection(session, ClientLink, connection)
+    await db.write(lambda session: apply_connection(session, ClientLink, connection))
 
 
 def handler(db: Database) -> Handler:

@@ -17,7 +17,7 @@ import sqlalchemy.exc
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from redis.asyncio import Redis
-from sqlalchemy import Select, bindparam, or_, select, update
+from sqlalchemy import Select, bindparam, or_, orm, select, update
 
 from services.common.db import Database, utcnow
 from services.common.events import UserData, UserPayload, UserRegistered, format_timestamp
@@ -178,28 +178,29 @@ def _new_refresh(ctx: AuthContext, user: User, family_id: str) -> tuple[RefreshT
 
 
 async def signup(ctx: AuthContext, *, name: str, email: str, password: str, role: str) -> Session:
-    async with ctx.db.read() as session:
-        if await session.scalar(select(User.id).where(User.email == email)):
-            raise EmailTaken(email)
+    if await ctx.db.fetch(USER_BY_EMAIL, email=email):
+        raise EmailTaken(email)
     password_hash = await ctx.passwords.hash(password)
+
+    def create(session: orm.Session) -> Session:
+        user = User(name=name, email=email, role=role, password_hash=password_hash)
+        session.add(user)
+        session.flush()
+        row, access, refresh = _new_refresh(ctx, user, uuid.uuid4().hex)
+        session.add(row)
+        stage(session, UserRegistered(data=UserPayload(user=user_data(user))))
+        return Session(user, access, refresh)
+
     try:
-        async with ctx.db.transaction() as session:
-            user = User(name=name, email=email, role=role, password_hash=password_hash)
-            session.add(user)
-            await session.flush()
-            row, access, refresh = _new_refresh(ctx, user, uuid.uuid4().hex)
-            session.add(row)
-            stage(session, UserRegistered(data=UserPayload(user=user_data(user))))
+        return await ctx.db.write(create)
     except sqlalchemy.exc.IntegrityError as exc:  # a concurrent signup took the email
         raise EmailTaken(email) from exc
-    return Session(user, access, refresh)
 
 
 async def login(ctx: AuthContext, *, email: str, password: str, client_ip: str) -> Session:
     # Throttle before verifying: past the limit even the right password gets 429.
     await ctx.limiter.check(email, client_ip)
-    async with ctx.db.read() as session:
-        user = await session.scalar(select(User).where(User.email == email))
+    user = await ctx.db.query(lambda session: session.scalar(select(User).filter_by(email=email)))
     ok = await ctx.passwords.verify(user.password_hash if user else None, password)
     if not (user and ok):
         await ctx.limiter.failed(email, client_ip)
@@ -208,58 +209,69 @@ async def login(ctx: AuthContext, *, email: str, password: str, client_ip: str) 
     new_hash = None
     if ctx.passwords.needs_rehash(user.password_hash):
         new_hash = await ctx.passwords.hash(password)
-    async with ctx.db.transaction() as session:
+
+    def start(session: orm.Session) -> Session:
         if new_hash:
-            await session.execute(
-                update(User).where(User.id == user.id).values(password_hash=new_hash)
-            )
+            session.execute(update(User).where(User.id == user.id).values(password_hash=new_hash))
         row, access, refresh = _new_refresh(ctx, user, uuid.uuid4().hex)
         session.add(row)
-    return Session(user, access, refresh)
+        return Session(user, access, refresh)
+
+    return await ctx.db.write(start)
 
 
 async def refresh(ctx: AuthContext, *, refresh_token: str) -> Session:
     """Rotate a refresh token. Presenting a rotated one again revokes its whole family."""
     now = utcnow()
-    async with ctx.db.transaction() as session:
-        row = await session.scalar(
+
+    def rotate(session: orm.Session) -> Session | RefreshToken:
+        """The new session, or the reused row when the token was already rotated."""
+        row = session.scalar(
             select(RefreshToken).where(RefreshToken.token_hash == _hash_token(refresh_token))
         )
         if row is None or row.revoked_at is not None or row.expires_at <= now:
             raise InvalidRefreshToken()
         # Compare-and-set so two concurrent uses of one token cannot both rotate it.
-        claimed = await session.execute(
+        claimed = session.execute(
             update(RefreshToken)
             .where(RefreshToken.id == row.id, RefreshToken.rotated_at.is_(None))
             .values(rotated_at=now)
         )
-        if claimed.rowcount == 1:
-            user = await session.get(User, row.user_id)
-            if user is None:
-                raise InvalidRefreshToken()
-            new_row, access, new_token = _new_refresh(ctx, user, row.family_id)
-            session.add(new_row)
-            return Session(user, access, new_token)
+        if claimed.rowcount != 1:
+            return row
+        user = session.get(User, row.user_id)
+        if user is None:
+            raise InvalidRefreshToken()
+        new_row, access, new_token = _new_refresh(ctx, user, row.family_id)
+        session.add(new_row)
+        return Session(user, access, new_token)
+
+    rotated = await ctx.db.write(rotate)
+    if isinstance(rotated, Session):
+        return rotated
     # Reuse of a rotated token: someone holds a stolen copy. End the whole session.
-    log.warning("refresh token reuse detected for user %s; revoking its family", row.user_id)
-    await revoke_family(ctx, family_id=row.family_id)
+    log.warning("refresh token reuse detected for user %s; revoking its family", rotated.user_id)
+    await revoke_family(ctx, family_id=rotated.family_id)
     raise InvalidRefreshToken()
 
 
 async def revoke_family(ctx: AuthContext, *, family_id: str) -> None:
     now = utcnow()
-    async with ctx.db.transaction() as session:
-        await session.execute(
+
+    def revoke(session: orm.Session) -> dt.datetime | None:
+        session.execute(
             update(RefreshToken)
             .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
             .values(revoked_at=now)
         )
-        latest = await session.scalar(
+        return session.scalar(
             select(RefreshToken.access_expires_at)
             .where(RefreshToken.family_id == family_id)
             .order_by(RefreshToken.access_expires_at.desc())
             .limit(1)
         )
+
+    latest = await ctx.db.write(revoke)
     if latest and latest > now:
         # Every access token of the family carries `sid`: revoking it covers them all.
         await ctx.revocations.revoke(jti=None, sid=family_id, expires_at=int(latest.timestamp()))
@@ -270,27 +282,27 @@ async def logout(ctx: AuthContext, *, identity: Identity, refresh_token: str | N
     await ctx.revocations.revoke(jti=identity.jti, sid=identity.sid, expires_at=identity.expires_at)
     families = {identity.sid} if identity.sid else set()
     if refresh_token:
-        async with ctx.db.read() as session:
-            family = await session.scalar(
-                select(RefreshToken.family_id).where(
-                    RefreshToken.token_hash == _hash_token(refresh_token),
-                    RefreshToken.user_id == identity.user_id,
-                )
-            )
-        if family:
-            families.add(family)
-    now = utcnow()
-    async with ctx.db.transaction() as session:
-        for family in families:
-            await session.execute(
-                update(RefreshToken)
-                .where(RefreshToken.family_id == family, RefreshToken.revoked_at.is_(None))
-                .values(revoked_at=now)
-            )
+        rows = await ctx.db.fetch(
+            FAMILY_OF_TOKEN, token_hash=_hash_token(refresh_token), uid=identity.user_id
+        )
+        if rows:
+            families.add(rows[0]["family_id"])
+    if not families:
+        return
+    revoke = (
+        update(RefreshToken)
+        .where(RefreshToken.family_id.in_(families), RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    await ctx.db.write(lambda session: session.execute(revoke))
 
 
 _USER_COLUMNS = (User.id, User.name, User.email, User.role, User.created_at)
 GET_USER = select(*_USER_COLUMNS).where(User.id == bindparam("uid"))
+USER_BY_EMAIL = select(User.id).where(User.email == bindparam("email"))
+FAMILY_OF_TOKEN = select(RefreshToken.family_id).where(
+    RefreshToken.token_hash == bindparam("token_hash"), RefreshToken.user_id == bindparam("uid")
+)
 
 
 def _users_statement(viewer_role: str, role: str | None) -> Select:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import String
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from .db import UTCDateTime
 from .events import ConnectionData
@@ -23,15 +22,15 @@ class ConnectionCopyMixin:
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
-async def apply_connection(
-    session: AsyncSession, model: type[ConnectionCopyMixin], connection: ConnectionData
+def apply_connection(
+    session: Session, model: type[ConnectionCopyMixin], connection: ConnectionData
 ) -> bool:
     """Store the connection's state unless the copy already holds it or a newer one.
 
     False for an older event or a replay of the state held (same time, same status), so
     redelivery and reordering leave the newest state and a consequence runs once.
     """
-    copy = await session.get(model, connection.id, with_for_update=True)
+    copy = session.get(model, connection.id, with_for_update=True)
     if copy is not None and (
         connection.updated_at < copy.updated_at
         or (connection.updated_at == copy.updated_at and connection.status == copy.status)

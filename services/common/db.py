@@ -5,21 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
+import sqlalchemy.exc
 from sqlalchemy import DateTime, Engine, create_engine, event, make_url, text
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 from sqlalchemy.types import TypeDecorator
 
 UTC = dt.UTC
+T = TypeVar("T")
+BUSY_SECONDS = 30.0  # how long a writer waits for another process's SQLite write lock
 
 
 def utcnow() -> dt.datetime:
@@ -52,7 +50,11 @@ class UTCDateTime(TypeDecorator):
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """Create the engine; SQLite gets WAL, foreign keys and a busy timeout."""
+    """Create the async engine; SQLite gets WAL, foreign keys and a busy timeout.
+
+    On PostgreSQL it runs every unit of work. On SQLite the units run on the synchronous
+    engines below; this one serves tools and tests that want an async connection.
+    """
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
@@ -67,11 +69,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            # A write transaction takes the write lock at BEGIN: a deferred one that reads
-            # then writes fails with SQLITE_BUSY at once in WAL mode instead of waiting
-            # busy_timeout. Reads stay deferred so they never queue behind writers.
-            immediate = conn.get_execution_options().get("sqlite_immediate")
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            conn.exec_driver_sql("BEGIN")
 
         # pysqlite's own implicit BEGIN must be off for the listener above to own it.
         @event.listens_for(engine.sync_engine, "connect", insert=True)
@@ -84,68 +82,148 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
-def _sqlite_reader(url: str) -> Engine:
-    """A synchronous, read-only engine on the same SQLite file (see `Database.fetch`)."""
-    engine = create_engine(make_url(url).set(drivername="sqlite"), pool_size=2, max_overflow=2)
+def _sqlite_sync_engine(url: str, *, writer: bool) -> Engine:
+    """A synchronous engine on the SQLite file, used in the event loop (see `Database`)."""
+    engine = create_engine(
+        make_url(url).set(drivername="sqlite"),
+        pool_size=1 if writer else 2,
+        max_overflow=0 if writer else 2,
+    )
 
     @event.listens_for(engine, "connect")
-    def _reader_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # the "begin" listener below owns BEGIN
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA query_only=ON")
-        cur.execute("PRAGMA busy_timeout=2000")
+        if writer:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            # Never sleep in the loop: a lock held by another process is waited for in
+            # `Database._begin`, asynchronously.
+            cur.execute("PRAGMA busy_timeout=0")
+        else:
+            cur.execute("PRAGMA query_only=ON")
+            cur.execute("PRAGMA busy_timeout=2000")
         cur.close()
+
+    if writer:
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn: Any) -> None:
+            # Take the write lock at BEGIN: a deferred transaction that reads then writes
+            # fails at once in WAL mode when another writer got in between.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
 
+def _is_locked(exc: sqlalchemy.exc.OperationalError) -> bool:
+    return "locked" in str(exc.orig) or "busy" in str(exc.orig)
+
+
 class Database:
-    """An engine, its session factory, and transactions that tell listeners about commits."""
+    """Where a service's units of work run: one code path for SQLite and PostgreSQL.
+
+    A unit of work is a plain function of a synchronous ORM `Session`, run by `write` (in
+    one transaction, with the commit hooks) or `query` (read-only). How it runs depends on
+    the database:
+
+    - SQLite: in the event loop, on a synchronous pysqlite connection, the process's
+      writers queued on an asyncio lock (SQLite has one writer at a time). A unit takes a
+      few hundred microseconds of CPU and never waits for I/O (WAL with synchronous=NORMAL
+      does not sync on commit), so this is far cheaper than aiosqlite's thread hops:
+      measured on an insert + outbox row, 1.17 ms of CPU per transaction through the
+      async ORM over aiosqlite, 0.34 ms here.
+    - PostgreSQL: `AsyncSession.run_sync` over asyncpg, which waits for the server
+      without holding up the loop.
+    """
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
         self.pool_size = pool_size
         self.engine = make_engine(url, pool_size=pool_size)
-        self._sync_reader = _sqlite_reader(url) if url.startswith("sqlite") else None
-        # SQLite has one writer at a time: queue this process's writers here, in order,
-        # rather than in SQLite's busy handler, which sleeps and retries (measured: write
-        # p99 over a second and timeouts with 64 concurrent writers).
+        sqlite = url.startswith("sqlite")
+        self._sync_writer = _sqlite_sync_engine(url, writer=True) if sqlite else None
+        self._sync_reader = _sqlite_sync_engine(url, writer=False) if sqlite else None
+        # Queue this process's SQLite writers here, in order, rather than in SQLite's busy
+        # handler, which sleeps and retries (measured: write p99 over a second and
+        # timeouts with 64 concurrent writers).
         self._writer: contextlib.AbstractAsyncContextManager[Any] = (
-            asyncio.Lock() if url.startswith("sqlite") else contextlib.nullcontext()
+            asyncio.Lock() if sqlite else contextlib.nullcontext()
         )
         self._pool: Any = None
         self._compiled_cache: dict[
             int, tuple[Executable, str, tuple[str, ...], dict[str, Any]]
         ] = {}
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        self._before_commit: list[Callable[[AsyncSession], Any]] = []
-        self._after_commit: list[Callable[[AsyncSession], None]] = []
+        self._before_commit: list[Callable[[Session], None]] = []
+        self._after_commit: list[Callable[[Session], None]] = []
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    def on_before_commit(self, hook: Callable[[AsyncSession], Any]) -> None:
+    def on_before_commit(self, hook: Callable[[Session], None]) -> None:
+        """Run `hook(session)` at the end of every unit of work, inside its transaction."""
         self._before_commit.append(hook)
 
-    def on_after_commit(self, hook: Callable[[AsyncSession], None]) -> None:
+    def on_after_commit(self, hook: Callable[[Session], None]) -> None:
         self._after_commit.append(hook)
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """One unit of work: commit on success, roll back on any exception."""
-        async with self._writer, self.sessions() as session:
-            async with session.begin():
-                await session.connection(execution_options={"sqlite_immediate": True})
-                yield session
-                for hook in self._before_commit:
-                    await hook(session)
-            for after in self._after_commit:
-                after(session)
+    async def write(self, work: Callable[[Session], T]) -> T:
+        """Run `work` in one transaction: commit on success, roll back on any exception."""
+        if self._sync_writer is None:
+            async with self.sessions() as session:
+                async with session.begin():
+                    result = await session.run_sync(self._unit, work)
+                self._committed(session.sync_session)
+            return result
+        async with self._writer:
+            with Session(self._sync_writer, expire_on_commit=False) as session:
+                await self._begin(session)
+                try:
+                    result = self._unit(session, work)
+                    session.commit()
+                except BaseException:
+                    session.rollback()
+                    raise
+                self._committed(session)
+        return result
 
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncSession]:
-        async with self.sessions() as session:
-            yield session
+    async def query(self, work: Callable[[Session], T]) -> T:
+        """Run read-only `work` (a WAL reader on SQLite: it never waits for a writer)."""
+        if self._sync_reader is None:
+            async with self.sessions() as session:
+                return await session.run_sync(work)
+        with Session(self._sync_reader) as session:
+            return work(session)
+
+    def _unit(self, session: Session, work: Callable[[Session], T]) -> T:
+        result = work(session)
+        for hook in self._before_commit:
+            hook(session)
+        return result
+
+    def _committed(self, session: Session) -> None:
+        for hook in self._after_commit:
+            hook(session)
+
+    async def _begin(self, session: Session) -> None:
+        """BEGIN IMMEDIATE, waiting (without blocking the loop) while another process
+        holds SQLite's write lock, e.g. a migration or a second replica."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BUSY_SECONDS
+        delay = 0.001
+        while True:
+            try:
+                session.connection()
+                return
+            except sqlalchemy.exc.OperationalError as exc:
+                if not _is_locked(exc) or loop.time() >= deadline:
+                    raise
+                session.rollback()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     async def fetch(self, stmt: Executable, **params: Any) -> Sequence[Mapping[str, Any]]:
         """Rows of one read-only Core statement, by the cheapest path to each database.
@@ -191,12 +269,17 @@ class Database:
         return self._pool
 
     async def ping(self) -> None:
+        if self._sync_reader is not None:
+            with self._sync_reader.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
         await self.engine.dispose()
-        if self._sync_reader is not None:
-            self._sync_reader.dispose()
+        for engine in (self._sync_reader, self._sync_writer):
+            if engine is not None:
+                engine.dispose()
         if self._pool is not None:
             await self._pool.close()

@@ -26,13 +26,13 @@ import sqlalchemy.exc
 from aiohttp import web
 from faststream.redis.parser import BinaryMessageFormatV1
 from redis.asyncio import Redis
-from sqlalchemy import Index, String, Text, delete, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped, declared_attr, mapped_column
+from sqlalchemy import Index, String, Text, bindparam, delete, select, text, update
+from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column
 
 from .db import Database, UTCDateTime, utcnow
 from .events import Event
 from .tables import Id
+from .tasks import honour_cancellation
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ async def encode(payload: bytes, *, event_id: str, event_type: str) -> bytes:
     )
 
 
-def stage(session: AsyncSession, event: Event) -> None:
+def stage(session: Session, event: Event) -> None:
     """Write `event` in the transaction `session` belongs to."""
     session.info.setdefault(STAGED, []).append(event)
 
@@ -114,18 +114,17 @@ class Outbox:
             .order_by(model.id)
             .limit(BATCH)
         )
+        self._published_at = select(model.published_at).where(model.id == bindparam("row_id"))
         db.on_before_commit(self._insert_staged)
         db.on_after_commit(self._after_commit)
 
-    async def _insert_staged(self, session: AsyncSession) -> None:
+    def _insert_staged(self, session: Session) -> None:
         events: list[Event] = session.info.pop(STAGED, [])
         if not events:
             return
         if self.db.dialect == "postgresql":
             # Held until commit: rows get ids in commit order (see module docstring).
-            await session.execute(
-                text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(self.name)}
-            )
+            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(self.name)})
         rows = [
             self.model(
                 event_id=str(e.event_id),
@@ -136,10 +135,10 @@ class Outbox:
             for e in events
         ]
         session.add_all(rows)
-        await session.flush()
+        session.flush()
         session.info["outbox.last_row"] = max(r.id for r in rows)
 
-    def _after_commit(self, session: AsyncSession) -> None:
+    def _after_commit(self, session: Session) -> None:
         last_row = session.info.pop("outbox.last_row", None)
         if last_row is not None:
             self._wake.set()
@@ -156,11 +155,8 @@ class Outbox:
             if remaining <= 0:
                 return False
             if not self.leader:  # another replica relays: watch the row itself
-                async with self.db.read() as session:
-                    published = await session.scalar(
-                        select(self.model.published_at).where(self.model.id == row_id)
-                    )
-                if published is not None:
+                rows = await self.db.fetch(self._published_at, row_id=row_id)
+                if rows and rows[0]["published_at"] is not None:
                     return True
                 await asyncio.sleep(min(0.005, remaining))
                 continue
@@ -213,24 +209,19 @@ class Outbox:
         progress, self._progress = self._progress, asyncio.Event()
         progress.set()
         now = utcnow()
-        async with self.db.transaction() as session:
-            # One executemany, keyed by primary key, marks the whole batch. If this fails
-            # the batch goes out again; consumers drop the copies by event_id.
-            await session.execute(
-                update(m),
-                [
-                    {"id": row["id"], "published_at": now, "stream_id": _decode(sid)}
-                    for row, sid in zip(rows, stream_ids, strict=True)
-                ],
-            )
+        marks = [
+            {"id": row["id"], "published_at": now, "stream_id": _decode(sid)}
+            for row, sid in zip(rows, stream_ids, strict=True)
+        ]
+        # One executemany, keyed by primary key, marks the whole batch. If this fails the
+        # batch goes out again; consumers drop the copies by event_id.
+        await self.db.write(lambda session: session.execute(update(m), marks))
         return len(rows)
 
     async def purge_published(self) -> None:
         m = self.model
-        async with self.db.transaction() as session:
-            await session.execute(
-                delete(m).where(m.published_at.is_not(None), m.published_at < utcnow() - RETENTION)
-            )
+        old = delete(m).where(m.published_at.is_not(None), m.published_at < utcnow() - RETENTION)
+        await self.db.write(lambda session: session.execute(old))
 
     async def run(self) -> None:
         """Relay forever: wait to be leader, then publish on every wake-up or poll."""
@@ -252,6 +243,7 @@ class Outbox:
             self._wake.clear()
             try:
                 sent = await self.publish_pending()
+                honour_cancellation()
                 if self.last_error:
                     log.info("%s outbox relay resumed", self.name)
                 self.last_error = None

@@ -9,8 +9,7 @@ from typing import Any
 
 import sqlalchemy.exc
 from sqlalchemy import Select, bindparam, select, text
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session, aliased
 
 from services.common.db import Database, utcnow
 from services.common.events import (
@@ -104,21 +103,19 @@ def _with_parties(query: Select) -> Select:
     )
 
 
-async def _load(session: AsyncSession, connection_id: int, *, lock: bool) -> tuple | None:
+def _load(session: Session, connection_id: int, *, lock: bool) -> tuple | None:
     query = _with_parties(select(Connection, Pro, Client)).where(Connection.id == connection_id)
     if lock:
         query = query.with_for_update(of=Connection)
-    return (await session.execute(query)).first()
+    return session.execute(query).first()
 
 
 async def _find_user(ctx: ConnectionsContext, **where: object) -> UserCopy | None:
     """A user from the local copy; on a miss, wait for the copy to catch up and look again."""
     query = select(UserCopy).filter_by(**where)
-    async with ctx.db.read() as session:
-        user = await session.scalar(query)
+    user = await ctx.db.query(lambda session: session.scalar(query))
     if user is None and await ctx.catch_up():
-        async with ctx.db.read() as session:
-            user = await session.scalar(query)
+        user = await ctx.db.query(lambda session: session.scalar(query))
     return user
 
 
@@ -132,7 +129,7 @@ async def _caller(ctx: ConnectionsContext, identity: Identity) -> UserCopy:
 _EMAIL_LOCK_SPACE = 0x636F6E6E  # "conn": the key space of the per-email advisory locks
 
 
-async def _lock_email(session: AsyncSession, email: str) -> None:
+def _lock_email(session: Session, email: str) -> None:
     """Serialise an email invitation with the sign-up that may bind it (PostgreSQL).
 
     Without it, an invite that looked the address up just before its owner's copy landed
@@ -142,7 +139,7 @@ async def _lock_email(session: AsyncSession, email: str) -> None:
     if session.bind.dialect.name != "postgresql":
         return
     key = zlib.crc32(email.encode())
-    await session.execute(
+    session.execute(
         text("SELECT pg_advisory_xact_lock(:space, :key)"),
         {"space": _EMAIL_LOCK_SPACE, "key": key - 2**32 if key >= 2**31 else key},
     )
@@ -160,34 +157,37 @@ async def _insert(
     event_cls: type[ConnectionRequested | ConnectionInvited],
     recipients: list[int],
 ) -> ConnectionData:
-    try:
-        async with ctx.db.transaction() as session:
-            await _lock_email(session, row.client_email)
-            if row.client_id is None:
-                # The addressee may have signed up since the lookup: bind to them now.
-                client = await session.scalar(
-                    select(UserCopy).where(UserCopy.email == row.client_email)
-                )
-                if client is not None:
-                    if client.role != "client":
-                        raise NotAClient(row.client_email)
-                    row.client_id = client.id
-                    recipients = [client.id]
-            open_pair = await session.scalar(
-                select(Connection.id).where(
-                    Connection.professional_id == row.professional_id,
-                    Connection.client_email == row.client_email,
-                    Connection.status.in_(OPEN),
-                )
+
+    def insert(session: Session) -> ConnectionData:
+        nonlocal client, recipients
+        _lock_email(session, row.client_email)
+        if row.client_id is None:
+            # The addressee may have signed up since the lookup: bind to them now.
+            client = session.scalar(select(UserCopy).where(UserCopy.email == row.client_email))
+            if client is not None:
+                if client.role != "client":
+                    raise NotAClient(row.client_email)
+                row.client_id = client.id
+                recipients = [client.id]
+        open_pair = session.scalar(
+            select(Connection.id).where(
+                Connection.professional_id == row.professional_id,
+                Connection.client_email == row.client_email,
+                Connection.status.in_(OPEN),
             )
-            if open_pair:
-                raise ConnectionExists(open_pair)
-            session.add(row)
-            await session.flush()
-            stage(session, event_cls(data=_payload(row, pro, client), recipient_ids=recipients))
+        )
+        if open_pair:
+            raise ConnectionExists(open_pair)
+        session.add(row)
+        session.flush()
+        data = view(row, pro, client)
+        stage(session, event_cls(data=ConnectionPayload(connection=data), recipient_ids=recipients))
+        return data
+
+    try:
+        return await ctx.db.write(insert)
     except sqlalchemy.exc.IntegrityError as exc:  # a concurrent request won the race
         raise ConnectionExists(row.professional_id) from exc
-    return view(row, pro, client)
 
 
 async def request_pro(
@@ -248,8 +248,9 @@ def _is_party(row: Connection, identity: Identity) -> bool:
 async def respond(
     ctx: ConnectionsContext, *, identity: Identity, connection_id: int, accept: bool
 ) -> ConnectionData:
-    async with ctx.db.transaction() as session:
-        found = await _load(session, connection_id, lock=True)
+
+    def answer(session: Session) -> ConnectionData:
+        found = _load(session, connection_id, lock=True)
         if found is None or not _is_party(found[0], identity):
             raise ConnectionNotFound(connection_id)
         row, pro, client = found
@@ -261,18 +262,23 @@ async def respond(
         row.updated_at = utcnow()
         event_cls = ConnectionAccepted if accept else ConnectionRejected
         initiator = _initiator(row)
+        data = view(row, pro, client)
         stage(
             session,
             event_cls(
-                data=_payload(row, pro, client), recipient_ids=[initiator] if initiator else []
+                data=ConnectionPayload(connection=data),
+                recipient_ids=[initiator] if initiator else [],
             ),
         )
-    return view(row, pro, client)
+        return data
+
+    return await ctx.db.write(answer)
 
 
 async def remove(ctx: ConnectionsContext, *, identity: Identity, connection_id: int) -> None:
-    async with ctx.db.transaction() as session:
-        found = await _load(session, connection_id, lock=True)
+
+    def close(session: Session) -> None:
+        found = _load(session, connection_id, lock=True)
         if found is None or not _is_party(found[0], identity):
             raise ConnectionNotFound(connection_id)
         row, pro, client = found
@@ -287,6 +293,8 @@ async def remove(ctx: ConnectionsContext, *, identity: Identity, connection_id: 
                 data=_payload(row, pro, client), recipient_ids=[other] if other else []
             ),
         )
+
+    await ctx.db.write(close)
 
 
 def _list_statement(side: str, with_status: bool) -> Select:
@@ -359,26 +367,25 @@ async def list_connections(
 
 async def on_user_registered(db: Database, user: UserData) -> None:
     """Copy the user; a new client takes over the email invitations waiting for them."""
-    async with db.transaction() as session:
+
+    def copy(session: Session) -> None:
         if user.role == "client":
-            await _lock_email(session, user.email)
-        if await session.get(UserCopy, user.id) is None:
+            _lock_email(session, user.email)
+        if session.get(UserCopy, user.id) is None:
             session.add(UserCopy(id=user.id, name=user.name, email=user.email, role=user.role))
-            await session.flush()
+            session.flush()
         if user.role != "client":
             return
-        waiting = (
-            await session.execute(
-                _with_parties(select(Connection, Pro, Client))
-                .where(
-                    Connection.client_email == user.email,
-                    Connection.client_id.is_(None),
-                    Connection.status == "pending",
-                )
-                .with_for_update(of=Connection)
+        waiting = session.execute(
+            _with_parties(select(Connection, Pro, Client))
+            .where(
+                Connection.client_email == user.email,
+                Connection.client_id.is_(None),
+                Connection.status == "pending",
             )
+            .with_for_update(of=Connection)
         ).all()
-        me = await session.get(UserCopy, user.id)
+        me = session.get(UserCopy, user.id)
         for row, pro, _ in waiting:
             row.client_id = user.id
             row.updated_at = utcnow()
@@ -386,3 +393,5 @@ async def on_user_registered(db: Database, user: UserData) -> None:
                 session,
                 ConnectionInvited(data=_payload(row, pro, me), recipient_ids=[user.id]),
             )
+
+    await db.write(copy)

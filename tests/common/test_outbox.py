@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 from faststream.redis.parser import BinaryMessageFormatV1
-from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
 
 from services.common.consumer import decode_entry
 from services.common.db import Database, utcnow
@@ -38,20 +38,22 @@ def make_outbox(db: Database, redis: aioredis.Redis, name: str = "test") -> Outb
 
 
 async def commit(db: Database, *events: Event, text: str = "note") -> None:
-    async with db.transaction() as session:
+    def work(session: Session) -> None:
         session.add(Note(text=text))
         for event in events:
             stage(session, event)
 
+    await db.write(work)
+
 
 async def rows(db: Database) -> list[OutboxEvent]:
-    async with db.read() as session:
-        return list((await session.scalars(select(OutboxEvent).order_by(OutboxEvent.id))).all())
+    query = select(OutboxEvent).order_by(OutboxEvent.id)
+    return await db.query(lambda session: list(session.scalars(query).all()))
 
 
 async def count_notes(db: Database) -> int:
-    async with db.read() as session:
-        return await session.scalar(select(func.count()).select_from(Note)) or 0
+    query = select(func.count()).select_from(Note)
+    return await db.query(lambda session: session.scalar(query)) or 0
 
 
 async def on_stream(redis: aioredis.Redis, stream: str = AUTH_STREAM) -> list[tuple[str, Event]]:
@@ -103,12 +105,15 @@ async def test_rolled_back_transaction_leaves_nothing(
 ) -> None:
     outbox = make_outbox(database, redis_client)
     async with relaying(outbox):
+
+        def doomed(session: Session) -> None:
+            session.add(Note(text="doomed"))
+            stage(session, user_event(1))
+            session.flush()
+            raise RuntimeError("boom")
+
         with pytest.raises(RuntimeError, match="boom"):
-            async with database.transaction() as session:
-                session.add(Note(text="doomed"))
-                stage(session, user_event(1))
-                await session.flush()
-                raise RuntimeError("boom")
+            await database.write(doomed)
         assert await count_notes(database) == 0
         assert await rows(database) == []
 
@@ -199,19 +204,22 @@ async def test_events_wait_while_redis_is_down(
 async def test_stream_keeps_commit_order(database: Database, redis_client: aioredis.Redis) -> None:
     outbox = make_outbox(database, redis_client)
 
-    async def dawdle(session: AsyncSession) -> None:
+    def dawdle(session: Session) -> None:
         # Between the outbox insert (id taken) and COMMIT: without the ordering lock a
-        # later id would often commit first.
-        if "test.delay" in session.info:
-            await asyncio.sleep(session.info["test.delay"])
+        # later id would often commit first. On PostgreSQL the wait is a server-side
+        # sleep, so the other transactions run meanwhile; SQLite has one writer anyway.
+        if "test.delay" in session.info and database.dialect == "postgresql":
+            session.execute(text("SELECT pg_sleep(:s)"), {"s": session.info["test.delay"]})
 
     database.on_before_commit(dawdle)  # registered after the outbox's own hook
 
     async def one(i: int) -> None:
-        async with database.transaction() as session:
+        def work(session: Session) -> None:
             session.info["test.delay"] = random.uniform(0, 0.02)
             session.add(Note(text=f"note {i}"))
             stage(session, user_event(i))
+
+        await database.write(work)
 
     # Commit order as seen from outside: a snapshot must never show an id while an
     # earlier one is still uncommitted (the relay would publish past it).
@@ -220,8 +228,8 @@ async def test_stream_keeps_commit_order(database: Database, redis_client: aiore
 
     async def observe() -> None:
         while writing:
-            async with database.read() as session:
-                snapshots.append(sorted((await session.scalars(select(OutboxEvent.id))).all()))
+            ids = await database.query(lambda s: s.scalars(select(OutboxEvent.id)).all())
+            snapshots.append(sorted(ids))
             await asyncio.sleep(0)
 
     async with relaying(outbox):
@@ -357,16 +365,17 @@ async def test_purge_drops_only_old_published_rows(
     await commit(database, user_event(1), user_event(2), user_event(3))
     old = utcnow() - dt.timedelta(hours=25)
     ids = [r.id for r in await rows(database)]
-    async with database.transaction() as session:
-        await session.execute(
+
+    def age(session: Session) -> None:
+        session.execute(
             update(OutboxEvent).where(OutboxEvent.id == ids[0]).values(published_at=old)
         )
-        await session.execute(
+        session.execute(
             update(OutboxEvent).where(OutboxEvent.id == ids[1]).values(published_at=utcnow())
         )
-        await session.execute(
-            update(OutboxEvent).where(OutboxEvent.id == ids[2]).values(created_at=old)
-        )
+        session.execute(update(OutboxEvent).where(OutboxEvent.id == ids[2]).values(created_at=old))
+
+    await database.write(age)
     await outbox.purge_published()
     assert [r.id for r in await rows(database)] == ids[1:]
 
