@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -18,6 +19,7 @@ from sqlalchemy.types import TypeDecorator
 UTC = dt.UTC
 T = TypeVar("T")
 BUSY_SECONDS = 30.0  # how long a writer waits for another process's SQLite write lock
+CHECKPOINT_EVERY = 200  # commits between two WAL checkpoints (SQLite's own default: ~1,000 pages)
 
 
 def utcnow() -> dt.datetime:
@@ -101,6 +103,9 @@ def _sqlite_sync_engine(url: str, *, writer: bool) -> Engine:
             # Never sleep in the loop: a lock held by another process is waited for in
             # `Database._begin`, asynchronously.
             cur.execute("PRAGMA busy_timeout=0")
+            # Checkpoints sync the database file: `Database._checkpoint` runs them on a
+            # worker thread, so no commit in the loop ever waits for the disk.
+            cur.execute("PRAGMA wal_autocheckpoint=0")
         else:
             cur.execute("PRAGMA query_only=ON")
             cur.execute("PRAGMA busy_timeout=2000")
@@ -156,6 +161,8 @@ class Database:
             int, tuple[Executable, str, tuple[str, ...], dict[str, Any]]
         ] = {}
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._commits = 0
+        self._checkpointed: asyncio.Future[None] | None = None
         self._before_commit: list[Callable[[Session], None]] = []
         self._after_commit: list[Callable[[Session], None]] = []
 
@@ -188,6 +195,7 @@ class Database:
                     session.rollback()
                     raise
                 self._committed(session)
+            self._maybe_checkpoint()
         return result
 
     async def query(self, work: Callable[[Session], T]) -> T:
@@ -276,7 +284,25 @@ class Database:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
+    def _maybe_checkpoint(self) -> None:
+        """Every CHECKPOINT_EVERY commits, copy the WAL back into the database file on a
+        worker thread (a PASSIVE checkpoint never blocks readers or writers)."""
+        self._commits += 1
+        if self._commits % CHECKPOINT_EVERY:
+            return
+        if self._checkpointed is not None and not self._checkpointed.done():
+            return
+        self._checkpointed = asyncio.get_running_loop().run_in_executor(None, self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        path = make_url(self.url).database
+        with contextlib.closing(sqlite3.connect(path or ":memory:", timeout=1)) as conn:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     async def dispose(self) -> None:
+        if self._checkpointed is not None:
+            with contextlib.suppress(Exception):
+                await self._checkpointed
         await self.engine.dispose()
         for engine in (self._sync_reader, self._sync_writer):
             if engine is not None:
