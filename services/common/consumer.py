@@ -185,38 +185,58 @@ class Consumer:
         # then keeps the order in which the changes happened.
         merged = [(_s(stream), _s(i), f) for stream, entries in reply or [] for i, f in entries]
         merged.sort(key=lambda entry: _id_tuple(entry[1]))
-        for stream, entry_id, fields in merged:
-            await self._handle_one(stream, entry_id, fields)
+        await self._handle_batch(merged)
 
     async def _handle_entries(self, stream: str, entries: list[Any]) -> None:
-        for entry_id, fields in entries:
-            await self._handle_one(stream, _s(entry_id), fields)
+        await self._handle_batch([(stream, _s(entry_id), fields) for entry_id, fields in entries])
 
-    async def _handle_one(self, stream: str, entry_id: str, fields: dict[bytes, bytes]) -> None:
+    async def _handle_batch(self, batch: list[tuple[str, str, dict[bytes, bytes]]]) -> None:
+        """Handle entries in order, with one round trip to Redis before (which were handled
+        already?) and one after (mark handled + acknowledge), not two per entry."""
+        decoded: list[tuple[str, str, dict[bytes, bytes], Event]] = []
+        for stream, entry_id, fields in batch:
+            try:
+                decoded.append((stream, entry_id, fields, decode_entry(fields or {})))
+            except (ValidationError, ValueError) as exc:
+                log.error("undecodable entry %s on %s: %s", entry_id, stream, exc)
+                await self._dead_letter(stream, entry_id, fields or {}, f"undecodable: {exc}")
+        if not decoded:
+            return
+        keys = [self._dedup_key(event.event_id) for *_, event in decoded]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.exists(key)
+            seen = {key for key, found in zip(keys, await pipe.execute(), strict=True) if found}
+        done: list[tuple[str, str, str]] = []  # (stream, entry id, dedup key) to settle
         try:
-            event = decode_entry(fields or {})
-        except (ValidationError, ValueError) as exc:
-            log.error("undecodable entry %s on %s: %s", entry_id, stream, exc)
-            await self._dead_letter(stream, entry_id, fields or {}, f"undecodable: {exc}")
-            return
-        key = self._dedup_key(event.event_id)
-        if await self.redis.exists(key):
-            await self.redis.xack(stream, self.group, entry_id)
-            return
-        try:
-            await self.handler(event)
-        except asyncio.CancelledError:
-            raise
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-            raise  # Redis itself is down: the whole loop waits, the entry stays pending
-        except Exception as exc:
-            await self._failed(stream, entry_id, fields, event, exc)
-            return
+            for (stream, entry_id, fields, event), key in zip(decoded, keys, strict=True):
+                if key in seen:  # handled before, or earlier in this batch (a duplicate)
+                    done.append((stream, entry_id, key))
+                    continue
+                try:
+                    await self.handler(event)
+                except asyncio.CancelledError:
+                    raise
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                    raise  # Redis itself is down: the loop waits, the entry stays pending
+                except Exception as exc:
+                    await self._failed(stream, entry_id, fields, event, exc)
+                    continue
+                seen.add(key)
+                done.append((stream, entry_id, key))
+                self.processed += 1
+        finally:
+            # What was handled is settled even when a later entry stops the batch; if this
+            # is lost, the entries come again and the idempotent handlers see them twice.
+            if done:
+                await asyncio.shield(self._settle(done))
+
+    async def _settle(self, done: list[tuple[str, str, str]]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(key, 1, ex=DEDUP_TTL_SECONDS)
-            pipe.xack(stream, self.group, entry_id)
+            for stream, entry_id, key in done:
+                pipe.set(key, 1, ex=DEDUP_TTL_SECONDS)
+                pipe.xack(stream, self.group, entry_id)
             await pipe.execute()
-        self.processed += 1
 
     async def _failed(
         self, stream: str, entry_id: str, fields: dict[bytes, bytes], event: Event, exc: Exception
