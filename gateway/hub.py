@@ -60,6 +60,7 @@ class Conn:
         "identity",
         "last",
         "live",
+        "overflowed",
         "queue",
         "sender",
         "transport",
@@ -82,15 +83,18 @@ class Conn:
         # Until the replay is done, live entries wait here (then only newer ones are sent).
         self.live = False
         self.buffer: list[tuple[tuple[int, int], str]] = []
+        self.overflowed = False  # live entries were let go during the replay (see `offer`)
         self.sender: asyncio.Task[None] | None = None
 
     def offer(self, entry_id: str, text: str) -> None:
         key = id_tuple(entry_id)
         if not self.live:
             if len(self.buffer) >= QUEUE_SIZE:
-                self.close_later(WSCloseCode.TRY_AGAIN_LATER, "slow consumer")
-            else:
-                self.buffer.append((key, text))
+                # More arrived than a replay should hold: let them go, the log has them
+                # and the replay reads on (`Hub.replay`). The client is not at fault.
+                self.buffer.clear()
+                self.overflowed = True
+            self.buffer.append((key, text))
             return
         if key <= self.last:
             return  # already sent (replay and live overlap)
@@ -173,15 +177,18 @@ class Hub:
             first = await self.redis.xrange(key, count=1)
             oldest = first[0][0].decode() if first else trimmed.decode()
             await conn.ws.send_str(orjson.dumps({"type": "reset", "id": oldest}).decode())
-        cursor = f"({since}"
+        conn.last = id_tuple(since)
         while True:
+            cursor = f"({conn.last[0]}-{conn.last[1]}"
             entries = await self.redis.xrange(key, min=cursor, count=REPLAY_BATCH)
             for entry_id, fields in entries:
                 await conn.ws.send_str(entry_frame(entry_id, fields))
                 conn.last = id_tuple(entry_id)
-            if len(entries) < REPLAY_BATCH:
+            if len(entries) == REPLAY_BATCH:
+                continue
+            if not conn.overflowed:
                 break
-            cursor = f"({entries[-1][0].decode()}"
+            conn.overflowed = False  # what was let go is in the log after `conn.last`
         conn.go_live()
 
     async def resync(self) -> None:

@@ -74,32 +74,36 @@ async def test_reconnect_with_since_gets_the_missed_then_live(
     assert caught_up.messages == []
 
 
-async def _burst(redis: aioredis.Redis, user_id: int, start: int, count: int) -> None:
-    """`count` notifications for `user_id`, published in small groups a few ms apart."""
-    for offset in range(0, count, 10):
-        group = range(start + offset, start + min(offset + 10, count))
-        await publish(redis, [synthetic_invite([user_id], n) for n in group])
+async def _burst(
+    redis: aioredis.Redis, user_id: int, start: int, count: int, group: int = 10
+) -> None:
+    """`count` notifications for `user_id`, published in groups a few ms apart."""
+    for offset in range(0, count, group):
+        ids = range(start + offset, start + min(offset + group, count))
+        await publish(redis, [synthetic_invite([user_id], n) for n in ids])
         await asyncio.sleep(0.003)
 
 
 async def test_reconnect_racing_a_burst_misses_nothing_and_repeats_nothing(
     api: Api, stack: Stack, sockets: Sockets, shared_redis: aioredis.Redis
 ) -> None:
-    # Backlogs of several sizes: none, under one replay batch, over one (500).
-    for backlog in (0, 150, 600):
+    # Backlogs of several sizes: none, under one replay batch, over one (500); bursts
+    # under and over what a socket holds while its replay runs (256).
+    for backlog, burst, group in ((0, 120, 10), (150, 120, 10), (600, 120, 10), (500, 480, 480)):
         user = await api.signup("client")
         await publish(shared_redis, [synthetic_invite([user.id], n) for n in range(backlog + 1)])
         log = await wait_log(api, user, backlog + 1)
         since = log[0]["id"]
         opened, _ = await asyncio.gather(
             sockets.open(stack.gateway_url, user, since=since, label=f"backlog{backlog}"),
-            _burst(shared_redis, user.id, backlog + 1, 120),
+            _burst(shared_redis, user.id, backlog + 1, burst, group),
         )
-        total = backlog + 120
+        total = backlog + burst
         await opened.wait_count(total, within=15)
         await asyncio.sleep(SETTLE)
         assert len(opened.messages) == total, backlog
-        assert seqs(opened.messages) == list(range(1, backlog + 121)), backlog
+        assert seqs(opened.messages) == list(range(1, total + 1)), backlog
+        assert not opened.closed
         assert_increasing(opened.messages)
         assert opened.messages == await full_log(api, user, since=since)
         await opened.close()
