@@ -164,26 +164,36 @@ def _owned_activity(
     return activity
 
 
-async def _connected(ctx: ActivitiesContext, professional_id: int, client_id: int) -> bool:
+def _connected(
+    session: Session, professional_id: int, client_id: int, *, other_than: int | None = None
+) -> bool:
+    """Whether the pair has an accepted connection (in the copy), besides `other_than`.
+
+    Locks what it reads (PostgreSQL), so an invite and the removal that would cancel it
+    are applied one after the other, never interleaved; SQLite has one writer anyway.
+    """
     query = select(ConnectionCopy.connection_id).where(
         ConnectionCopy.professional_id == professional_id,
         ConnectionCopy.client_id == client_id,
         ConnectionCopy.status == "accepted",
     )
-    # A connection accepted or removed a moment ago may not have reached the copy yet.
-    await ctx.catch_up()
-    return bool(await ctx.db.query(lambda session: session.scalar(query.limit(1))))
+    if other_than is not None:
+        query = query.where(ConnectionCopy.connection_id != other_than)
+    return session.scalar(query.limit(1).with_for_update()) is not None
 
 
 async def invite(
     ctx: ActivitiesContext, *, identity: Identity, activity_id: int, client_id: int
 ) -> InviteData:
     await ctx.db.query(lambda session: _owned_activity(session, identity, activity_id))
-    if not await _connected(ctx, identity.user_id, client_id):
-        raise NotConnected(client_id)
+    await ctx.catch_up()  # a connection accepted or removed a moment ago is in the copy
 
     def add(session: Session) -> InviteData:
         activity = _owned_activity(session, identity, activity_id)
+        # Checked in the transaction that adds the invite: a removal applied meanwhile
+        # either comes first (no invite) or after (and cancels it).
+        if not _connected(session, identity.user_id, client_id):
+            raise NotConnected(client_id)
         existing = session.scalar(
             select(Invite.id).where(
                 Invite.activity_id == activity_id,
@@ -390,6 +400,10 @@ async def on_connection_changed(db: Database, connection: ConnectionData) -> Non
             return  # older than the copy, or the very state it already holds (a replay)
         if connection.status != "removed" or connection.client.id is None:
             return
+        if _connected(
+            session, connection.professional.id or 0, connection.client.id, other_than=connection.id
+        ):
+            return  # a late removal of an older connection: the pair's invites stand
         rows = session.execute(
             select(Invite, Activity)
             .join(Activity, Activity.id == Invite.activity_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis.asyncio as aioredis
 
@@ -156,3 +158,21 @@ async def test_deletion_without_open_invites_notifies_nobody(
     [event] = await wait_events(stack_redis, mark, about(activity["id"]), 1)
     assert event.type == "activity.cancelled"
     assert event.recipient_ids == []
+
+
+async def test_an_invite_racing_the_removal_ends_cancelled_or_refused(api: Api) -> None:
+    """Sent at the same moment as the removal, the invite is either refused (403) or made
+    and then cancelled by it: never left pending for a client no longer connected."""
+    for _ in range(6):
+        pair = await connected_pair(api)
+        activity = await create(api, pair.professional)
+        invited, _ = await asyncio.gather(
+            invite_reply(api, pair.professional, activity["id"], pair.client.id),
+            remove_connection(api, pair.client, pair.connection_id),
+        )
+        statuses = {i["id"]: i["status"] for i in await listing(api, pair.client)}
+        if invited.status == 201:
+            assert statuses == {invited.body["id"]: "cancelled"}
+        else:
+            assert_problem(invited, 403, "not_connected")
+            assert statuses == {}

@@ -121,3 +121,27 @@ async def test_replayed_removal_spares_a_new_connections_invites(
     events = await wait_events(stack_redis, mark, about(cancelled["activity"]["id"]), 1)
     cancellations = [e for e in events if e.type == "activity.invite_cancelled"]
     assert [e.data.invite.id for e in cancellations] == [cancelled["id"]]
+
+
+async def test_late_first_removal_of_an_older_connection_spares_the_pairs_invites(
+    api: Api, stack_redis: aioredis.Redis
+) -> None:
+    """A removal of another connection of the same pair, seen for the first time after a
+    newer connection between them was accepted, cancels nothing of the newer one."""
+    pair, cancelled, _, mark = await removed_pair(api, stack_redis)
+    await connect(api, pair.professional, pair.client)
+    again = await invite(api, pair.professional, cancelled["activity"]["id"], pair.client)
+
+    _, removed_event = (await connection_entries(stack_redis, pair.connection_id))[
+        "connection.removed"
+    ]
+    older = removed_event.data.connection.model_copy(update={"id": 10**9})
+    data = removed_event.data.model_copy(update={"connection": older})
+    await republish(stack_redis, removed_event, event_id=uuid.uuid4(), data=data)
+    await settle(api, pair)
+
+    statuses = {i["id"]: i["status"] for i in await listing(api, pair.client)}
+    assert statuses[again["id"]] == "pending"
+    events = await wait_events(stack_redis, mark, about(cancelled["activity"]["id"]), 1)
+    cancellations = [e for e in events if e.type == "activity.invite_cancelled"]
+    assert [e.data.invite.id for e in cancellations] == [cancelled["id"]]
