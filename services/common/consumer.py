@@ -32,6 +32,8 @@ from .tasks import honour_cancellation
 
 log = logging.getLogger(__name__)
 
+Entry = tuple[str, str, dict[bytes, bytes]]  # stream, entry id, fields
+
 Handler = Callable[[Event], Awaitable[None]]
 DEDUP_TTL_SECONDS = 7 * 24 * 3600
 
@@ -130,6 +132,7 @@ class Consumer:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         next_claim = loop.time() + self.claim_every
+        held: list[Entry] = []  # read, not handled yet (see `_in_order`)
         while True:
             if loop.time() >= next_claim:
                 await self.reclaim()
@@ -140,22 +143,52 @@ class Consumer:
                 self.consumer,
                 dict.fromkeys(self.streams, ">"),
                 count=self.batch,
-                block=timeout_ms,
+                block=None if held else timeout_ms,  # held entries must not wait
             )
             honour_cancellation()
-            await self._handle_reply(reply)
+            ready, held = self._in_order(reply, held)
+            await self._handle_batch(ready)
+
+    def _in_order(self, reply: Any, held: list[Entry]) -> tuple[list[Entry], list[Entry]]:
+        """Entries of several streams in the order Redis appended them (their ids come
+        from one clock), and those to hold back for the next read.
+
+        A stream that filled its batch may have older entries still waiting than another
+        stream's newest: only entries up to the oldest such batch end are handled now, the
+        rest wait to be merged with the next read. A backlog that spans streams then keeps
+        the order in which the changes happened. (Sequence numbers are per stream, so two
+        streams can give equal ids within one millisecond; the sort is stable and such ties
+        go in the order of `streams`, which lists the causes before their consequences.)
+        """
+        merged = list(held)
+        horizon: tuple[int, int] | None = None
+        for stream, entries in reply or []:
+            if not entries:
+                continue
+            merged += [(_s(stream), _s(i), f) for i, f in entries]
+            if len(entries) >= self.batch:
+                end = _id_tuple(_s(entries[-1][0]))
+                horizon = end if horizon is None else min(horizon, end)
+        merged.sort(key=lambda entry: _id_tuple(entry[1]))
+        if horizon is None:
+            return merged, []
+        ready = [e for e in merged if _id_tuple(e[1]) <= horizon]
+        return ready, merged[len(ready) :]
 
     async def _drain_own_pending(self) -> None:
         """Re-handle what this consumer read but never acknowledged before it stopped."""
         cursor = dict.fromkeys(self.streams, "0")
+        held: list[Entry] = []
         while cursor:
             reply = await self.redis.xreadgroup(self.group, self.consumer, cursor, count=self.batch)
             progressed = {}
             for stream, entries in reply or []:
                 if entries:
                     progressed[_s(stream)] = _s(entries[-1][0])
-            await self._handle_reply(reply)
+            ready, held = self._in_order(reply, held)
+            await self._handle_batch(ready)
             cursor = {s: i for s, i in progressed.items() if s in cursor}
+        await self._handle_batch(held)
 
     async def reclaim(self) -> int:
         """Take over entries left idle by a crashed consumer of the same group."""
@@ -179,18 +212,10 @@ class Consumer:
                     break
         return count
 
-    async def _handle_reply(self, reply: Any) -> None:
-        # Entries of several streams are handled in the order Redis appended them (their
-        # ids come from one clock), not stream by stream: a backlog that spans streams
-        # then keeps the order in which the changes happened.
-        merged = [(_s(stream), _s(i), f) for stream, entries in reply or [] for i, f in entries]
-        merged.sort(key=lambda entry: _id_tuple(entry[1]))
-        await self._handle_batch(merged)
-
     async def _handle_entries(self, stream: str, entries: list[Any]) -> None:
         await self._handle_batch([(stream, _s(entry_id), fields) for entry_id, fields in entries])
 
-    async def _handle_batch(self, batch: list[tuple[str, str, dict[bytes, bytes]]]) -> None:
+    async def _handle_batch(self, batch: list[Entry]) -> None:
         """Handle entries in order, with one round trip to Redis before (which were handled
         already?) and one after (mark handled + acknowledge), not two per entry."""
         decoded: list[tuple[str, str, dict[bytes, bytes], Event]] = []

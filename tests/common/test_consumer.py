@@ -301,3 +301,41 @@ async def test_wait_caught_up_on_an_empty_stream(redis_client: aioredis.Redis, s
     # (this was a Lua error, and GET /api/users a 500, on a fresh system).
     await redis_client.xgroup_create(stream, GROUP, id="0", mkstream=True)
     assert await wait_caught_up(redis_client, group=GROUP, streams=[stream], within=0.1)
+
+
+async def test_a_backlog_over_several_batches_is_handled_in_order_across_streams(
+    redis_client: aioredis.Redis, stream: str
+) -> None:
+    """Two streams, one with more waiting than a batch holds: entries are handled in the
+    order Redis appended them, not the short stream's newer ones before the long one's."""
+    other = stream + ".other"
+    published: list[tuple[tuple[int, int], uuid.UUID]] = []
+    for n in range(260):
+        if n % 13 == 0:
+            event = user_event(n)
+            entry = await publish(redis_client, other, event)
+            published.append((_key(entry), event.event_id))
+        event = user_event(10_000 + n)
+        entry = await publish(redis_client, stream, event)
+        published.append((_key(entry), event.event_id))
+    handler = Recorder()
+    consumer = Consumer(
+        redis_client, group=GROUP, consumer="c1", streams=[stream, other], handler=handler, batch=50
+    )
+    async with consuming(consumer):
+
+        async def all_handled() -> bool:
+            return len(handler.handled) >= len(published)
+
+        await eventually(all_handled, within=10)
+    key_of = {event_id: key for key, event_id in published}
+    assert sorted(handler.handled) == sorted(key_of)  # each once
+    # Never a newer entry before an older one. (Two streams can give the same id within a
+    # millisecond, as sequence numbers are per stream: such ties have no order to keep.)
+    keys = [key_of[event_id] for event_id in handler.handled]
+    assert keys == sorted(keys)
+
+
+def _key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq)
