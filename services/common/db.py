@@ -153,9 +153,14 @@ class Database:
         # Queue this process's SQLite writers here, in order, rather than in SQLite's busy
         # handler, which sleeps and retries (measured: write p99 over a second and
         # timeouts with 64 concurrent writers).
-        self._writer: contextlib.AbstractAsyncContextManager[Any] = (
-            asyncio.Lock() if sqlite else contextlib.nullcontext()
-        )
+        self._writer = asyncio.Lock()
+        # PostgreSQL: callers wait for a pooled connection in these FIFO queues, not in
+        # the pools' own. Waiting in asyncpg's pool lets a newcomer take a connection
+        # before a woken waiter does, and the waiter goes to the back: measured on a list
+        # route with 64 clients and 10 connections, p50 12 ms but p99 150 ms; gated here,
+        # p99 30 ms.
+        self._orm_gate = asyncio.Semaphore(2 * pool_size)  # the engine's pool + overflow
+        self._raw_gate = asyncio.Semaphore(pool_size)
         self._pool: Any = None
         self._compiled_cache: dict[
             int, tuple[Executable, str, tuple[str, ...], dict[str, Any]]
@@ -180,7 +185,7 @@ class Database:
     async def write(self, work: Callable[[Session], T]) -> T:
         """Run `work` in one transaction: commit on success, roll back on any exception."""
         if self._sync_writer is None:
-            async with self.sessions() as session:
+            async with self._orm_gate, self.sessions() as session:
                 async with session.begin():
                     result = await session.run_sync(self._unit, work)
                 self._committed(session.sync_session)
@@ -201,7 +206,7 @@ class Database:
     async def query(self, work: Callable[[Session], T]) -> T:
         """Run read-only `work` (a WAL reader on SQLite: it never waits for a writer)."""
         if self._sync_reader is None:
-            async with self.sessions() as session:
+            async with self._orm_gate, self.sessions() as session:
                 return await session.run_sync(work)
         with Session(self._sync_reader) as session:
             return work(session)
@@ -253,7 +258,7 @@ class Database:
         sql, names, defaults = self._compiled(stmt)
         values = [params[n] if n in params else defaults[n] for n in names]
         pool = await self._raw_pool()
-        async with pool.acquire() as conn:
+        async with self._raw_gate, pool.acquire() as conn:
             return await conn.fetch(sql, *values)
 
     def _compiled(self, stmt: Executable) -> tuple[str, tuple[str, ...], dict[str, Any]]:
