@@ -79,8 +79,11 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
             dbapi_conn.isolation_level = None
 
         return engine
+    # Connections are kept, not opened per burst: an overflow connection is closed when
+    # returned, and under steady load opening and closing them (with asyncpg's SSL probe)
+    # cost more CPU than the queries. `Database` caps the callers at the pool's size.
     return create_async_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800
+        url, pool_size=2 * pool_size, max_overflow=0, pool_pre_ping=True, pool_recycle=1800
     )
 
 
