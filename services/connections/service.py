@@ -110,17 +110,24 @@ def _load(session: Session, connection_id: int, *, lock: bool) -> tuple | None:
     return session.execute(query).first()
 
 
-async def _find_user(ctx: ConnectionsContext, **where: object) -> UserCopy | None:
+_USER_COLUMNS = (UserCopy.id, UserCopy.name, UserCopy.email, UserCopy.role)
+# Read on every request, so built once and read without the ORM (see Database.fetch).
+USER_LOOKUPS = {
+    "id": select(*_USER_COLUMNS).where(UserCopy.id == bindparam("id")),
+    "email": select(*_USER_COLUMNS).where(UserCopy.email == bindparam("email")),
+}
+
+
+async def _find_user(ctx: ConnectionsContext, by: str, value: object) -> UserCopy | None:
     """A user from the local copy; on a miss, wait for the copy to catch up and look again."""
-    query = select(UserCopy).filter_by(**where)
-    user = await ctx.db.query(lambda session: session.scalar(query))
-    if user is None and await ctx.catch_up():
-        user = await ctx.db.query(lambda session: session.scalar(query))
-    return user
+    rows = await ctx.db.fetch(USER_LOOKUPS[by], **{by: value})
+    if not rows and await ctx.catch_up():
+        rows = await ctx.db.fetch(USER_LOOKUPS[by], **{by: value})
+    return UserCopy(**dict(rows[0])) if rows else None
 
 
 async def _caller(ctx: ConnectionsContext, identity: Identity) -> UserCopy:
-    me = await _find_user(ctx, id=identity.user_id)
+    me = await _find_user(ctx, "id", identity.user_id)
     if me is None:
         raise AccountNotReady(identity.user_id)
     return me
@@ -194,7 +201,7 @@ async def request_pro(
     ctx: ConnectionsContext, *, identity: Identity, professional_id: int
 ) -> ConnectionData:
     me = await _caller(ctx, identity)
-    pro = await _find_user(ctx, id=professional_id)
+    pro = await _find_user(ctx, "id", professional_id)
     if pro is None or pro.role != "professional":
         raise ProfessionalNotFound(professional_id)
     now = utcnow()
@@ -219,7 +226,7 @@ async def invite_client(
     never reveals whether a client account exists.
     """
     me = await _caller(ctx, identity)
-    target = await _find_user(ctx, email=client_email)
+    target = await _find_user(ctx, "email", client_email)
     if target is not None and target.role != "client":
         raise NotAClient(client_email)
     now = utcnow()
