@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+from typing import Any
 
-from sqlalchemy import String
+from sqlalchemy import String, and_, bindparam, or_
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from .db import UTCDateTime
@@ -22,25 +25,41 @@ class ConnectionCopyMixin:
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
+COLUMNS = ("connection_id", "professional_id", "client_id", "status", "updated_at")
+
+
+@functools.cache  # one statement per table and database kind, compiled once
+def _upsert(table: Any, dialect: str) -> Any:
+    """INSERT, or UPDATE when newer, RETURNING a row only when something changed."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(table).values({name: bindparam(name) for name in COLUMNS})
+    new, held = stmt.excluded, table.c
+    return stmt.on_conflict_do_update(
+        index_elements=[held.connection_id],
+        set_={name: new[name] for name in COLUMNS[1:]},
+        where=or_(
+            new.updated_at > held.updated_at,
+            and_(new.updated_at == held.updated_at, new.status != held.status),
+        ),
+    ).returning(held.connection_id)
+
+
 def apply_connection(
     session: Session, model: type[ConnectionCopyMixin], connection: ConnectionData
 ) -> bool:
     """Store the connection's state unless the copy already holds it or a newer one.
 
     False for an older event or a replay of the state held (same time, same status), so
-    redelivery and reordering leave the newest state and a consequence runs once.
+    redelivery and reordering leave the newest state and a consequence runs once. One
+    upsert, built once per table: it locks the row until commit, so handlers queue.
     """
-    copy = session.get(model, connection.id, with_for_update=True)
-    if copy is not None and (
-        connection.updated_at < copy.updated_at
-        or (connection.updated_at == copy.updated_at and connection.status == copy.status)
-    ):
-        return False
-    if copy is None:
-        copy = model(connection_id=connection.id)
-        session.add(copy)
-    copy.professional_id = connection.professional.id or 0
-    copy.client_id = connection.client.id
-    copy.status = connection.status
-    copy.updated_at = connection.updated_at
-    return True
+    table = model.__table__  # type: ignore[attr-defined]
+    stmt = _upsert(table, session.get_bind().dialect.name)
+    values = {
+        "connection_id": connection.id,
+        "professional_id": connection.professional.id or 0,
+        "client_id": connection.client.id,
+        "status": connection.status,
+        "updated_at": connection.updated_at,
+    }
+    return session.execute(stmt, values).first() is not None
