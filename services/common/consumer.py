@@ -191,8 +191,10 @@ class Consumer:
         await self._handle_batch(held)
 
     async def reclaim(self) -> int:
-        """Take over entries left idle by a crashed consumer of the same group."""
-        count = 0
+        """Take over entries left idle by a crashed consumer of the same group, and handle
+        them in the order Redis appended them, across streams (a consumer's pending list
+        is small: what it had read and not yet acknowledged)."""
+        claimed: list[Entry] = []
         for stream in self.streams:
             start = "0-0"
             while True:
@@ -205,15 +207,12 @@ class Consumer:
                     count=self.batch,
                 )
                 start, entries = _s(reply[0]), reply[1]
-                entries = [e for e in entries if e and e[1] is not None]
-                count += len(entries)
-                await self._handle_entries(stream, entries)
+                claimed += [(stream, _s(e[0]), e[1]) for e in entries if e and e[1] is not None]
                 if start == "0-0":
                     break
-        return count
-
-    async def _handle_entries(self, stream: str, entries: list[Any]) -> None:
-        await self._handle_batch([(stream, _s(entry_id), fields) for entry_id, fields in entries])
+        claimed.sort(key=lambda entry: _id_tuple(entry[1]))
+        await self._handle_batch(claimed)
+        return len(claimed)
 
     async def _handle_batch(self, batch: list[Entry]) -> None:
         """Handle entries in order, with one round trip to Redis before (which were handled

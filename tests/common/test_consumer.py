@@ -131,6 +131,42 @@ async def test_crashed_consumers_entry_is_reclaimed(
     assert consumer.processed == 1
 
 
+async def test_entries_reclaimed_from_several_streams_are_handled_in_order(
+    redis_client: aioredis.Redis, stream: str
+) -> None:
+    other = stream + ".other"
+    for name in (stream, other):
+        await redis_client.xgroup_create(name, GROUP, id="0", mkstream=True)
+    published: list[tuple[tuple[int, int], uuid.UUID]] = []
+    for n in range(30):
+        event = user_event(n)
+        entry = await publish(redis_client, other if n % 3 == 0 else stream, event)
+        published.append((_key(entry), event.event_id))
+    # "dead" read them all and never acknowledged them.
+    await redis_client.xreadgroup(GROUP, "dead", {stream: ">", other: ">"}, count=100)
+
+    handler = Recorder()
+    consumer = Consumer(
+        redis_client,
+        group=GROUP,
+        consumer="alive",
+        streams=[stream, other],
+        handler=handler,
+        claim_idle_ms=100,
+        claim_every=0.2,
+    )
+    async with consuming(consumer):
+
+        async def all_handled() -> bool:
+            return len(handler.handled) >= len(published)
+
+        await eventually(all_handled, within=5)
+    key_of = {event_id: key for key, event_id in published}
+    keys = [key_of[event_id] for event_id in handler.handled]
+    assert sorted(handler.handled) == sorted(key_of)
+    assert keys == sorted(keys)
+
+
 async def test_restart_with_same_name_rehandles_own_pending(
     redis_client: aioredis.Redis, stream: str
 ) -> None:
