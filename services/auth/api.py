@@ -6,12 +6,12 @@ import ipaddress
 from typing import Annotated, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, EmailStr, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import BaseModel, StringConstraints, TypeAdapter, ValidationError
 
 from services.common.events import UserData
 from services.common.openapi import PAGE_PARAMS, Route
 from services.common.problems import DomainErrors, Problem
-from services.common.schemas import RequestModel, text
+from services.common.schemas import Email, RequestModel, text
 from services.common.tokens import Identity
 from services.common.web import (
     authenticate,
@@ -45,12 +45,12 @@ Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
 
 class SignupBody(RequestModel):
     name: Name
-    email: Annotated[EmailStr, Field(max_length=254)]
+    email: Email
     password: Password
     role: Literal["professional", "client"]
 
 
-_email = TypeAdapter(EmailStr)
+_email = TypeAdapter(Email)
 
 
 def login_email(raw: str) -> str:

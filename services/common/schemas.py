@@ -11,6 +11,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    EmailStr,
     Field,
     StringConstraints,
 )
@@ -77,3 +78,14 @@ def iso_string(value: object) -> object:
 Timestamp = Annotated[
     dt.datetime, BeforeValidator(iso_string), Field(strict=False), AfterValidator(utc)
 ]
+
+
+def plain_address(value: object) -> object:
+    # EmailStr also takes "Name <someone@example.com>" and keeps only the address, so a
+    # sign-up or an invitation would silently store something other than what was sent.
+    if isinstance(value, str) and ("<" in value or ">" in value):
+        raise ValueError("must be a plain email address, without a display name")
+    return value
+
+
+Email = Annotated[EmailStr, BeforeValidator(plain_address), Field(max_length=254)]

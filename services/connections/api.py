@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from aiohttp import web
-from pydantic import EmailStr, Field
 
 from services.common.events import ConnectionData
 from services.common.openapi import PAGE_PARAMS, Route
 from services.common.problems import DomainErrors, Problem
-from services.common.schemas import Id, RequestModel
+from services.common.schemas import Email, Id, RequestModel
 from services.common.web import (
     authenticate,
     json_response,
@@ -62,7 +61,7 @@ class RequestProBody(RequestModel):
 
 
 class InviteClientBody(RequestModel):
-    client_email: Annotated[EmailStr, Field(max_length=254)]
+    client_email: Email
 
 
 class ConnectionRespondBody(RequestModel):

@@ -152,6 +152,8 @@ async def test_signup_name_with_control_characters(api: Api) -> None:
         "user@example..com",
         "x" * 250 + "@example.com",
         "a" * 64 + "@" + ("b" * 60 + ".") * 4 + "com",
+        "Someone <someone@example.com>",  # a display name is not an address
+        "<someone@example.com>",
     ],
     ids=lambda e: e[:24] or "empty",
 )

@@ -183,6 +183,7 @@ BAD_EMAILS: list[Any] = [
     "user@@example.com",
     "user name@example.com",
     "x" * 250 + "@example.com",
+    "Someone <someone@example.com>",
     None,
     42,
     True,
