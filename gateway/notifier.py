@@ -108,6 +108,7 @@ class Notifier:
             streams=STREAMS,
             handler=self.notify,
             claim_idle_ms=claim_idle_ms,
+            dedup=False,  # the append script marks and checks `notified:{event_id}` itself
         )
         self.leader = False
         self.appended = 0

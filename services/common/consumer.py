@@ -67,6 +67,7 @@ class Consumer:
         claim_every: float = 5.0,
         batch: int = 100,
         block_ms: int = 2_000,
+        dedup: bool = True,
     ) -> None:
         self.redis = redis
         self.group = group
@@ -78,6 +79,9 @@ class Consumer:
         self.claim_every = claim_every
         self.batch = batch
         self.block_ms = block_ms
+        # Off for a handler that de-duplicates atomically with its own effect (the
+        # notifier's append): the marks here would be two more Redis writes per event.
+        self.dedup = dedup
         self.running = False
         self.last_error: str | None = None
         self.processed = 0
@@ -227,10 +231,13 @@ class Consumer:
         if not decoded:
             return
         keys = [self._dedup_key(event.event_id) for *_, event in decoded]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.exists(key)
-            seen = {key for key, found in zip(keys, await pipe.execute(), strict=True) if found}
+        seen: set[str] = set()
+        if self.dedup:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.exists(key)
+                found = await pipe.execute()
+            seen = {key for key, hit in zip(keys, found, strict=True) if hit}
         done: list[tuple[str, str, str]] = []  # (stream, entry id, dedup key) to settle
         try:
             for (stream, entry_id, fields, event), key in zip(decoded, keys, strict=True):
@@ -258,7 +265,8 @@ class Consumer:
     async def _settle(self, done: list[tuple[str, str, str]]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             for stream, entry_id, key in done:
-                pipe.set(key, 1, ex=DEDUP_TTL_SECONDS)
+                if self.dedup:
+                    pipe.set(key, 1, ex=DEDUP_TTL_SECONDS)
                 pipe.xack(stream, self.group, entry_id)
             await pipe.execute()
 
