@@ -22,6 +22,7 @@ from services.common.web import (
     configure_logging,
     json_response,
     redis_key,
+    revocations_key,
     verifier_key,
 )
 from services.common.web import serve as serve_app
@@ -61,7 +62,9 @@ def _upstream_route(name: str, *, public: frozenset[str] = frozenset()) -> Any:
         if path not in public:
             # The gateway answers 401 itself: no unauthenticated request reaches a service
             # (the service checks the token again, so a direct call cannot forge one).
-            await authenticate(request)
+            # Revocations are checked against this process's copy of the list: the
+            # service checks Redis itself, which covers a revocation still in flight.
+            await authenticate(request, local_revocations=True)
         return await forward(request, request.app[upstreams_key][name], name)
 
     return handler
@@ -205,6 +208,16 @@ async def live_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def revocation_copy_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Keep the revocation list in memory, so proxied requests need no round trip for it."""
+    revocations = app.get(revocations_key)
+    if revocations is None:  # CHECK_REVOCATION=false
+        yield
+        return
+    async with background(revocations.follow(), "revocation-copy"):
+        yield
+
+
 async def upstream_session_ctx(app: web.Application) -> AsyncIterator[None]:
     settings: GatewaySettings = app[settings_key]
     connector = aiohttp.TCPConnector(
@@ -234,7 +247,7 @@ def create_app(settings: GatewaySettings | None = None) -> web.Application:
         "connections": settings.connections_url.rstrip("/"),
         "activities": settings.activities_url.rstrip("/"),
     }
-    app.cleanup_ctx.extend([redis_ctx, upstream_session_ctx, live_ctx])
+    app.cleanup_ctx.extend([redis_ctx, revocation_copy_ctx, upstream_session_ctx, live_ctx])
     app.on_shutdown.append(live.close_sockets)
 
     auth = _upstream_route("auth", public=PUBLIC_PATHS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -15,9 +17,12 @@ from typing import Any
 
 import jwt
 import orjson
+import redis.exceptions
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from redis.asyncio import Redis
+
+from .tasks import honour_cancellation
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +31,7 @@ ROLES = frozenset({"professional", "client"})
 REVOCATION_CHANNEL = "auth.revocations"
 REQUIRED_CLAIMS = ["exp", "iat", "sub", "jti", "iss", "aud"]
 LEEWAY_SECONDS = 5
+PRUNE_SECONDS = 60.0  # how often expired entries leave a process's copy of the list
 
 
 class InvalidToken(Exception):
@@ -182,10 +188,16 @@ def new_opaque_token() -> str:
 
 
 class RevocationList:
-    """Revoked access tokens (by `jti`) and sessions (by `sid`), kept in Redis until expiry."""
+    """Revoked access tokens (by `jti`) and sessions (by `sid`), kept in Redis until expiry.
+
+    A process that runs `follow()` also keeps a copy in memory, fed by the revocation
+    channel, and can check against it without a round trip (`is_revoked(local=True)`).
+    """
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
+        # Key -> expiry (epoch seconds), while following and in step; None otherwise.
+        self._local: dict[str, float] | None = None
 
     @staticmethod
     def _ttl(expires_at: int) -> int:
@@ -198,15 +210,99 @@ class RevocationList:
                 pipe.set(f"revoked:jti:{jti}", 1, ex=ttl)
             if sid:
                 pipe.set(f"revoked:sid:{sid}", 1, ex=ttl)
-            # Lets gateways close the live sockets opened with these tokens.
-            pipe.publish(REVOCATION_CHANNEL, orjson.dumps({"jti": jti, "sid": sid}))
+            # Lets gateways close the live sockets opened with these tokens, and keeps
+            # their copies of the list in step.
+            message = {"jti": jti, "sid": sid, "exp": expires_at}
+            pipe.publish(REVOCATION_CHANNEL, orjson.dumps(message))
             await pipe.execute()
 
-    async def is_revoked(self, identity: Identity) -> bool:
+    async def is_revoked(self, identity: Identity, *, local: bool = False) -> bool:
+        """Whether the token or its session is revoked. With `local`, the copy in memory
+        answers while it is in step (see `follow`); Redis answers otherwise."""
         keys = [f"revoked:jti:{identity.jti}"]
         if identity.sid:
             keys.append(f"revoked:sid:{identity.sid}")
+        copy = self._local
+        if local and copy is not None:
+            now = time.time()
+            return any(copy.get(key, 0.0) > now for key in keys)
         return any(await self._redis.mget(keys))
+
+    @property
+    def following(self) -> bool:
+        return self._local is not None
+
+    async def follow(self) -> None:
+        """Keep the copy in memory for the process's lifetime.
+
+        Subscribe first, then load what Redis holds, so nothing revoked in between is
+        missed; from then on every published revocation is added. While the subscription
+        is down the copy is dropped and checks go to Redis again. A revocation published
+        a moment before a check may not be in the copy yet: only callers with a backstop
+        (the services check Redis again) use it.
+        """
+        backoff = 0.1
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(REVOCATION_CHANNEL)
+                copy = await self._load()
+                self._local = copy
+                backoff = 0.1
+                pruned = time.monotonic()
+                while True:
+                    message = await pubsub.get_message(timeout=5.0)
+                    honour_cancellation()
+                    if message is not None:
+                        _add(copy, message["data"])
+                    if time.monotonic() - pruned > PRUNE_SECONDS:
+                        now = time.time()
+                        for key in [k for k, until in copy.items() if until <= now]:
+                            del copy[key]
+                        pruned = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except (redis.exceptions.RedisError, OSError) as exc:
+                if self._local is not None:
+                    log.warning("revocation copy dropped, checking Redis meanwhile: %r", exc)
+                self._local = None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                self._local = None
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def _load(self) -> dict[str, float]:
+        """Every revocation Redis holds now, with its expiry."""
+        keys = [key async for key in self._redis.scan_iter(match="revoked:*", count=1000)]
+        copy: dict[str, float] = {}
+        now = time.time()
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start : start + 1000]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in chunk:
+                    pipe.ttl(key)
+                ttls = await pipe.execute()
+            for key, ttl in zip(chunk, ttls, strict=True):
+                if ttl != -2:  # -2: expired meanwhile; -1 (no expiry) is kept a day
+                    name = key.decode() if isinstance(key, bytes) else key
+                    copy[name] = now + (ttl if ttl >= 0 else 86_400)
+        return copy
+
+
+def _add(copy: dict[str, float], data: bytes) -> None:
+    try:
+        message = orjson.loads(data)
+        # A message without an expiry (an older publisher) is kept for a day.
+        until = float(message.get("exp") or time.time() + 86_400) + 10
+    except (ValueError, TypeError, AttributeError):
+        log.warning("ignored a malformed message on %s", REVOCATION_CHANNEL)
+        return
+    if message.get("jti"):
+        copy[f"revoked:jti:{message['jti']}"] = until
+    if message.get("sid"):
+        copy[f"revoked:sid:{message['sid']}"] = until
 
 
 def bearer_token(header: str | None) -> str | None:

@@ -126,17 +126,24 @@ def path_id(request: web.Request, name: str = "id") -> int:
     return int(raw)
 
 
-async def authenticate(request: web.Request) -> Identity:
-    """The caller's identity from a verified bearer token, else 401."""
+async def authenticate(request: web.Request, *, local_revocations: bool = False) -> Identity:
+    """The caller's identity from a verified bearer token, else 401.
+
+    `local_revocations`: check the process's copy of the revocation list when it has one
+    (no round trip); only for callers whose request is checked again downstream.
+    """
     cached = request.get(identity_key)
     if cached is not None:
         return cached
-    identity = await verify_token(request.app, bearer_token(request.headers.get("Authorization")))
+    token = bearer_token(request.headers.get("Authorization"))
+    identity = await verify_token(request.app, token, local_revocations=local_revocations)
     request[identity_key] = identity
     return identity
 
 
-async def verify_token(app: web.Application, token: str | None) -> Identity:
+async def verify_token(
+    app: web.Application, token: str | None, *, local_revocations: bool = False
+) -> Identity:
     """Signature, expiry and claims, then the revocation list; any failure is a 401."""
     if not token:
         raise Problem(
@@ -155,7 +162,7 @@ async def verify_token(app: web.Application, token: str | None) -> Identity:
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         ) from exc
     revocations = app.get(revocations_key)
-    if revocations is not None and await revocations.is_revoked(identity):
+    if revocations is not None and await revocations.is_revoked(identity, local=local_revocations):
         raise Problem(
             401,
             "token_revoked",
@@ -211,6 +218,11 @@ def redacted_path(request: web.BaseRequest) -> str:
 
 class AccessLogger(AbstractAccessLogger):
     """One line per request; never the query values or headers that may carry a token."""
+
+    @property
+    def enabled(self) -> bool:
+        # aiohttp skips `log` (and building its arguments) when this is False.
+        return self.logger.isEnabledFor(logging.INFO)
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info(
