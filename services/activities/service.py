@@ -185,7 +185,6 @@ def _connected(
 async def invite(
     ctx: ActivitiesContext, *, identity: Identity, activity_id: int, client_id: int
 ) -> InviteData:
-    await ctx.db.query(lambda session: _owned_activity(session, identity, activity_id))
     await ctx.catch_up()  # a connection accepted or removed a moment ago is in the copy
 
     def add(session: Session) -> InviteData:
