@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,3 +110,18 @@ def assert_problem(reply: Reply, status: int, code: str | None = None) -> None:
     assert reply.body["title"] and "detail" in reply.body
     if code:
         assert reply.body["code"] == code, reply.body
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]], *, within: float = 5.0, every: float = 0.01
+) -> Any:
+    """Poll `check` until it returns something truthy; fail after `within` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        if loop.time() >= deadline:
+            raise AssertionError(f"condition not met within {within}s (last: {result!r})")
+        await asyncio.sleep(every)

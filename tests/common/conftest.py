@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -59,21 +59,6 @@ def user_event(n: int, **extra: Any) -> UserRegistered:
 
 def unique_stream(prefix: str = "test") -> str:
     return f"{prefix}.{uuid.uuid4().hex[:12]}.events"
-
-
-async def eventually(
-    check: Callable[[], Awaitable[Any]], *, within: float = 5.0, every: float = 0.01
-) -> Any:
-    """Poll `check` until it returns something truthy; fail after `within` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if loop.time() >= deadline:
-            raise AssertionError(f"condition not met within {within}s (last: {result!r})")
-        await asyncio.sleep(every)
 
 
 async def stop(task: asyncio.Task[Any]) -> None:

@@ -29,8 +29,9 @@ from services.common.events import (
 )
 from services.common.outbox import Outbox, stage
 
+from ..api import eventually
 from ..infra import RedisServer
-from .conftest import Note, OutboxEvent, eventually, stop, user_event
+from .conftest import Note, OutboxEvent, stop, user_event
 
 
 def make_outbox(db: Database, redis: aioredis.Redis, name: str = "test") -> Outbox:

@@ -10,7 +10,15 @@ import redis.asyncio as aioredis
 
 from services.common.tokens import REVOCATION_CHANNEL, Identity, RevocationList
 
-from .conftest import eventually, stop
+from ..api import eventually
+from .conftest import stop
+
+
+async def in_step(copy: RevocationList) -> None:
+    async def following() -> bool:
+        return copy.following
+
+    await eventually(following, within=5)
 
 
 def identity() -> Identity:
@@ -28,11 +36,7 @@ async def test_the_copy_holds_earlier_and_later_revocations(
     assert not await copy.is_revoked(after, local=True)  # not following: Redis answers
     task = asyncio.create_task(copy.follow())
     try:
-
-        async def following() -> bool:
-            return copy.following
-
-        await eventually(following, within=5)
+        await in_step(copy)
         assert await copy.is_revoked(before, local=True)  # loaded from Redis at start
         await authority.revoke(jti=after.jti, sid=None, expires_at=after.expires_at)
         await authority.revoke(jti=None, sid=session.sid, expires_at=session.expires_at)
@@ -64,11 +68,7 @@ async def test_an_expired_revocation_no_longer_counts(redis_client: aioredis.Red
     copy = RevocationList(redis_client)
     task = asyncio.create_task(copy.follow())
     try:
-
-        async def following() -> bool:
-            return copy.following
-
-        await eventually(following, within=5)
+        await in_step(copy)
         gone = identity()
         # Published as expiring 20 s ago (the copy keeps 10 s of slack past `exp`).
         await RevocationList(redis_client).revoke(
@@ -86,10 +86,7 @@ async def test_without_the_subscription_checks_go_to_redis(
     copy = RevocationList(redis_client)
     task = asyncio.create_task(copy.follow())
 
-    async def following() -> bool:
-        return copy.following
-
-    await eventually(following, within=5)
+    await in_step(copy)
     await stop(task)
     revoked = identity()
     await RevocationList(redis_client).revoke(

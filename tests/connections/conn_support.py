@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -12,7 +10,7 @@ import redis.asyncio as aioredis
 from services.common.consumer import decode_entry
 from services.common.events import Event
 
-from ..api import Account, Api, Reply, assert_problem
+from ..api import Account, Api, Reply, assert_problem, eventually
 
 CONNECTION_KEYS = {
     "id",
@@ -125,21 +123,6 @@ async def removed(api: Api, account: Account, connection_id: int) -> None:
 def assert_not_found(reply: Reply) -> None:
     """404 for a connection the caller cannot see (no difference from a missing one)."""
     assert_problem(reply, 404, "connection_not_found")
-
-
-async def eventually(
-    check: Callable[[], Awaitable[Any]], *, within: float = 2.0, every: float = 0.01
-) -> Any:
-    """Poll `check` until it returns something truthy; fail after `within` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if loop.time() >= deadline:
-            raise AssertionError(f"condition not met within {within}s (last: {result!r})")
-        await asyncio.sleep(every)
 
 
 class StreamWatch:
