@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from services.common.consumer import Handler
+from services.common.consumer import UnitOfWork, Units
 from services.common.db import Database
-from services.common.events import CONNECTIONS_STREAM, Event
+from services.common.events import CONNECTION_EVENTS, CONNECTIONS_STREAM, ConnectionEvent
 
 from .service import on_connection_changed
 
@@ -12,9 +12,9 @@ GROUP = "activities"
 STREAMS = [CONNECTIONS_STREAM]
 
 
-def handler(db: Database) -> Handler:
-    async def handle(event: Event) -> None:
-        if event.type.startswith("connection."):
-            await on_connection_changed(db, event.data.connection)
+def on_connection_event(event: ConnectionEvent) -> UnitOfWork:
+    return on_connection_changed(event.data.connection)
 
-    return handle
+
+def handler(db: Database) -> Units:
+    return Units(db, dict.fromkeys(CONNECTION_EVENTS, on_connection_event))

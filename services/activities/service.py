@@ -12,6 +12,7 @@ import sqlalchemy.exc
 from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from services.common.consumer import CopyBehind
 from services.common.copies import apply_connection
 from services.common.db import Database, utcnow
 from services.common.events import (
@@ -185,7 +186,12 @@ def _connected(
 async def invite(
     ctx: ActivitiesContext, *, identity: Identity, activity_id: int, client_id: int
 ) -> InviteData:
-    await ctx.catch_up()  # a connection accepted or removed a moment ago is in the copy
+    # A connection accepted or removed a moment ago, by anyone, must be in the copy: on
+    # a stale one an accept on its way would be refused, and an invite allowed by a
+    # connection already removed would be cancelled as soon as the removal lands. When
+    # that cannot be established (Redis down), "try again shortly" is the true answer.
+    if not await ctx.catch_up():
+        raise CopyBehind(client_id)
 
     def add(session: Session) -> InviteData:
         activity = _owned_activity(session, identity, activity_id)
@@ -387,11 +393,14 @@ async def delete_activity(ctx: ActivitiesContext, *, identity: Identity, activit
     await ctx.db.write(cancel)
 
 
-async def on_connection_changed(db: Database, connection: ConnectionData) -> None:
+def on_connection_changed(connection: ConnectionData) -> Callable[[Session], None]:
     """Keep the copy of connections; a removal cancels the pending invites of the pair.
 
     An event older than the stored state, or carrying that same state again, is ignored,
     so redelivery and reordering leave the newest state, and a cancellation happens once.
+    The copy is keyed by the connection's id, so a late removal of an older connection
+    never cancels what a newer connection of the same pair allows. Returns the unit of
+    work (the consumer may apply a batch of them in one transaction).
     """
 
     def apply(session: Session) -> None:
@@ -425,4 +434,4 @@ async def on_connection_changed(db: Database, connection: ConnectionData) -> Non
                 ),
             )
 
-    await db.write(apply)
+    return apply

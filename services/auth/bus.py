@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from services.common.consumer import Handler
+from sqlalchemy.orm import Session
+
+from services.common.consumer import UnitOfWork, Units
 from services.common.copies import apply_connection
 from services.common.db import Database
-from services.common.events import CONNECTIONS_STREAM, ConnectionData, Event
+from services.common.events import CONNECTION_EVENTS, CONNECTIONS_STREAM, ConnectionEvent
 
 from .tables import ClientLink
 
@@ -13,14 +15,14 @@ GROUP = "auth"
 STREAMS = [CONNECTIONS_STREAM]
 
 
-async def on_connection_changed(db: Database, connection: ConnectionData) -> None:
+def on_connection_event(event: ConnectionEvent) -> UnitOfWork:
     """Keep the copy of connections behind the directory rule (newest state wins)."""
-    await db.write(lambda session: apply_connection(session, ClientLink, connection))
+
+    def apply(session: Session) -> None:
+        apply_connection(session, ClientLink, event.data.connection)
+
+    return apply
 
 
-def handler(db: Database) -> Handler:
-    async def handle(event: Event) -> None:
-        if event.type.startswith("connection."):
-            await on_connection_changed(db, event.data.connection)
-
-    return handle
+def handler(db: Database) -> Units:
+    return Units(db, dict.fromkeys(CONNECTION_EVENTS, on_connection_event))

@@ -10,25 +10,34 @@ This loop does all of it in one place:
   entries (a crash between handling and XACK), then new ones with `>`;
 - entries idle in another consumer's pending list are taken over with XAUTOCLAIM;
 - an event whose id was already applied is acknowledged without running the handler;
-- a handler failure leaves the entry pending; after `max_deliveries` it is copied to
+- events are routed by type to typed handlers (`route`); a type the consumer does not
+  know is acknowledged and skipped, never dead-lettered;
+- a handler failure leaves the entry pending and the entries behind it go on; it is
+  retried after `claim_idle_ms`, and after `max_deliveries` it is copied to
   `<stream>.dead` and acknowledged, so one poison event never blocks the rest;
+- a dependency down (the database) stops the batch instead: the entries wait, in order,
+  and are handled again when it is back;
 - a vanished group (Redis restarted without persistence, FLUSHALL) is re-created.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import redis.exceptions
 from faststream.redis.parser import BinaryMessageFormatV1
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from sqlalchemy.orm import Session
 
+from .db import Database
 from .events import Event, parse_event
-from .tasks import honour_cancellation
+from .problems import is_unavailable
+from .tasks import ErrorOnce, honour_cancellation
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +45,61 @@ Entry = tuple[str, str, dict[bytes, bytes]]  # stream, entry id, fields
 
 Handler = Callable[[Event], Awaitable[None]]
 DEDUP_TTL_SECONDS = 7 * 24 * 3600
+
+
+def route(handlers: Mapping[type[Event], Callable[[Any], Awaitable[None]]]) -> Handler:
+    """One handler that sends each event to the handler of its type (its class).
+
+    A type with no handler, including one this code does not know at all (a newer
+    producer), is skipped: the consumer then acknowledges it like any handled event.
+    """
+    table = dict(handlers)
+
+    async def handle(event: Event) -> None:
+        typed = table.get(type(event))
+        if typed is None:
+            log.debug("skipping %s event %s: no handler here", event.type, event.event_id)
+            return
+        await typed(event)
+
+    return handle
+
+
+UnitOfWork = Callable[[Session], Any]
+
+
+class Units:
+    """Typed handlers whose work is a unit of work on the service's own database.
+
+    Each maps an event to a function of a `Session`. One event is applied in a transaction
+    of its own; a batch read together is applied in ONE transaction (`many`), so a
+    consumer behind by a hundred events pays one commit, not a hundred, and its copies
+    catch up in milliseconds. A type with no handler is skipped (and acknowledged).
+    """
+
+    def __init__(
+        self, db: Database, handlers: Mapping[type[Event], Callable[[Any], UnitOfWork]]
+    ) -> None:
+        self.db = db
+        self.table = dict(handlers)
+
+    async def __call__(self, event: Event) -> None:
+        build = self.table.get(type(event))
+        if build is None:
+            log.debug("skipping %s event %s: no handler here", event.type, event.event_id)
+            return
+        await self.db.write(build(event), background=True)
+
+    async def many(self, events: Sequence[Event]) -> None:
+        units = [build(e) for e in events if (build := self.table.get(type(e))) is not None]
+        if not units:
+            return
+
+        def apply_all(session: Session) -> None:
+            for unit in units:
+                unit(session)
+
+        await self.db.write(apply_all, background=True)
 
 
 def dead_letter_stream(stream: str) -> str:
@@ -68,6 +132,7 @@ class Consumer:
         batch: int = 100,
         block_ms: int = 2_000,
         dedup: bool = True,
+        on_settled: Callable[[], None] | None = None,
     ) -> None:
         self.redis = redis
         self.group = group
@@ -82,6 +147,9 @@ class Consumer:
         # Off for a handler that de-duplicates atomically with its own effect (the
         # notifier's append): the marks here would be two more Redis writes per event.
         self.dedup = dedup
+        # Told after every acknowledgement (a ReadBarrier's kick: waiters look again).
+        self.on_settled = on_settled
+        self._errors = ErrorOnce(log, f"consumer {group}/{consumer}")
         self.running = False
         self.last_error: str | None = None
         self.processed = 0
@@ -99,15 +167,15 @@ class Consumer:
                     raise
 
     async def run(self) -> None:
-        """Consume until cancelled; Redis outages only pause it."""
+        """Consume until cancelled; outages only pause it, and an unexpected error is
+        logged once with its traceback, then retried."""
         backoff = 0.1
         while True:
             try:
                 await self.ensure_groups()
                 await self._drain_own_pending()
                 self.running = True
-                if self.last_error:
-                    log.info("consumer %s/%s resumed", self.group, self.consumer)
+                self._errors.clear()
                 self.last_error = None
                 backoff = 0.1
                 await self._loop()
@@ -119,18 +187,16 @@ class Consumer:
                 if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
                     log.warning("group %s vanished; re-creating it", self.group)
                     continue
-                self._note(exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            except (redis.exceptions.RedisError, OSError) as exc:
+                self._note(exc, expected=False)
+            except Exception as exc:
                 self.running = False
-                self._note(exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                expected = isinstance(exc, redis.exceptions.RedisError | OSError)
+                self._note(exc, expected=expected or is_unavailable(exc))
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
 
-    def _note(self, exc: BaseException) -> None:
-        if self.last_error is None:
-            log.warning("consumer %s/%s waiting for Redis: %r", self.group, self.consumer, exc)
+    def _note(self, exc: BaseException, *, expected: bool) -> None:
+        self._errors.note(exc, expected=expected)
         self.last_error = repr(exc)
 
     async def _loop(self) -> None:
@@ -239,6 +305,27 @@ class Consumer:
                 found = await pipe.execute()
             seen = {key for key, hit in zip(keys, found, strict=True) if hit}
         done: list[tuple[str, str, str]] = []  # (stream, entry id, dedup key) to settle
+        many = getattr(self.handler, "many", None)
+        fresh = [(d, k) for d, k in zip(decoded, keys, strict=True) if k not in seen]
+        if many is not None and len(fresh) > 1 and len({k for _, k in fresh}) == len(fresh):
+            try:
+                await many([event for (*_, event), _ in fresh])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if is_unavailable(exc) or isinstance(exc, redis.exceptions.ConnectionError):
+                    raise  # a dependency is down: the batch waits, in order
+                # Something in the batch fails: apply one by one below, so the entries
+                # that can be applied are, and only the failing one is retried.
+                log.info("batch of %d failed in %s (%r); one by one", len(fresh), self.group, exc)
+            else:
+                self.processed += len(fresh)
+                done = [
+                    (stream, entry_id, key)
+                    for (stream, entry_id, _, _), key in zip(decoded, keys, strict=True)
+                ]
+                await asyncio.shield(self._settle(done))
+                return
         try:
             for (stream, entry_id, fields, event), key in zip(decoded, keys, strict=True):
                 if key in seen:  # handled before, or earlier in this batch (a duplicate)
@@ -251,6 +338,8 @@ class Consumer:
                 except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
                     raise  # Redis itself is down: the loop waits, the entry stays pending
                 except Exception as exc:
+                    if is_unavailable(exc):
+                        raise  # the database is down: this and what follows wait, in order
                     await self._failed(stream, entry_id, fields, event, exc)
                     continue
                 seen.add(key)
@@ -269,6 +358,8 @@ class Consumer:
                     pipe.set(key, 1, ex=DEDUP_TTL_SECONDS)
                 pipe.xack(stream, self.group, entry_id)
             await pipe.execute()
+        if self.on_settled is not None:
+            self.on_settled()
 
     async def _failed(
         self, stream: str, entry_id: str, fields: dict[bytes, bytes], event: Event, exc: Exception
@@ -277,26 +368,38 @@ class Consumer:
             stream, self.group, min=entry_id, max=entry_id, count=1
         )
         deliveries = pending[0]["times_delivered"] if pending else 1
-        if deliveries >= self.max_deliveries:
+        # A first failure bumps the count by one (below), so past it the count is one
+        # more than the tries.
+        tries = deliveries if deliveries <= 1 else deliveries - 1
+        if tries >= self.max_deliveries:
             log.error(
-                "event %s (%s) failed %d times in %s; dead-lettered: %r",
+                "event %s (%s) failed %d times in %s; dead-lettered",
                 event.event_id,
                 event.type,
-                deliveries,
+                tries,
                 self.group,
-                exc,
+                exc_info=exc,
             )
             await self._dead_letter(stream, entry_id, fields, repr(exc))
-        else:
-            log.warning(
-                "event %s (%s) failed in %s (try %d of %d), will retry: %r",
-                event.event_id,
-                event.type,
-                self.group,
-                deliveries,
-                self.max_deliveries,
-                exc,
+            return
+        log.warning(
+            "event %s (%s) failed in %s (try %d of %d), will retry: %r",
+            event.event_id,
+            event.type,
+            self.group,
+            tries,
+            self.max_deliveries,
+            exc,
+            exc_info=deliveries == 1,  # the traceback once, on the first failure
+        )
+        if deliveries <= 1:
+            # Counted as delivered twice from now on, so read barriers stop waiting for it
+            # (it is being retried, not in flight); the retry comes after claim_idle_ms.
+            await self.redis.xclaim(
+                stream, self.group, self.consumer, 0, [entry_id], retrycount=2, justid=True
             )
+        if self.on_settled is not None:
+            self.on_settled()
 
     async def _dead_letter(
         self, stream: str, entry_id: str, fields: dict[bytes, bytes], reason: str
@@ -318,55 +421,166 @@ def _id_tuple(entry_id: Any) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-# Has `group` handled everything on these streams? Run inside Redis, so the caller gets
-# one integer instead of parsing XINFO replies (which carry whole entries). An entry is
-# still in flight while it is undelivered, or pending on its first delivery; entries
-# being retried (a failing handler) do not hold readers up.
-CAUGHT_UP = """
-local function before(a, b)
-  local ams, aseq = string.match(a, '(%d+)-(%d+)')
-  local bms, bseq = string.match(b, '(%d+)-(%d+)')
-  ams, aseq, bms, bseq = tonumber(ams), tonumber(aseq), tonumber(bms), tonumber(bseq)
-  return ams < bms or (ams == bms and aseq < bseq)
-end
+# How far `group` has got on each of KEYS, in one round trip: the stream's newest entry
+# id, the group's last-delivered id, and its oldest entry still in flight (delivered once
+# and not acknowledged; "" when none). Entries being retried (delivered more than once: a
+# failing handler) do not count as in flight, so one bad entry never holds readers up.
+PROGRESS = """
+local out = {}
 for _, key in ipairs(KEYS) do
-  local top = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
-  if #top > 0 then  -- no stream, or an empty one: nothing to wait for
-    local last = top[1][1]
-    local delivered = nil
+  local last, delivered, inflight = '0-0', '0-0', ''
+  if redis.call('EXISTS', key) == 1 then
+    local top = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+    if #top > 0 then last = top[1][1] end
+    local found = false
     for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
       local name, seen
       for j = 1, #g, 2 do
         if g[j] == 'name' then name = g[j + 1] end
         if g[j] == 'last-delivered-id' then seen = g[j + 1] end
       end
-      if name == ARGV[1] then delivered = seen end
+      if name == ARGV[1] then delivered = seen; found = true end
     end
-    if delivered == nil or before(delivered, last) then return 0 end
-    for _, p in ipairs(redis.call('XPENDING', key, ARGV[1], '-', last, 100)) do
-      if tonumber(p[4]) <= 1 then return 0 end
+    if found then
+      for _, p in ipairs(redis.call('XPENDING', key, ARGV[1], '-', '+', 100)) do
+        if tonumber(p[4]) <= 1 then inflight = p[1]; break end
+      end
     end
   end
+  out[#out + 1] = last
+  out[#out + 1] = delivered
+  out[#out + 1] = inflight
 end
-return 1
+return out
 """
+
+Progress = list[tuple[tuple[int, int], tuple[int, int], tuple[int, int] | None]]
+POLL_SECONDS = 0.003
+
+
+def _parse_progress(reply: Sequence[Any]) -> Progress:
+    values = [_s(v) for v in reply]
+    progress: Progress = []
+    for i in range(0, len(values), 3):
+        last, delivered, inflight = values[i : i + 3]
+        progress.append(
+            (_id_tuple(last), _id_tuple(delivered), _id_tuple(inflight) if inflight else None)
+        )
+    return progress
+
+
+def _handled(targets: Sequence[tuple[int, int]], progress: Progress) -> bool:
+    """Has every entry up to each stream's target been handled (or given up on for now)?"""
+    return all(
+        target <= delivered and (inflight is None or target < inflight)
+        for target, (_, delivered, inflight) in zip(targets, progress, strict=True)
+    )
+
+
+class CopyBehind(Exception):
+    """A refusal would rest on a local copy that could not be confirmed current (Redis
+    down, or the consumer behind): answered 503 with Retry-After, never 403/404."""
+
+    retry_after = 1
+
+
+class ReadBarrier:
+    """Read-your-writes on a service's local copies of other services' records.
+
+    A call whose answer depends on another service's recent change (an invite right after
+    the connection's accept) waits until the service's group has handled every entry that
+    was on the streams *when the call arrived*. The target is fixed then: a stream that
+    keeps growing under load never moves the goal away (waiting for "caught up right
+    now" starved under steady traffic). A change that answered 2xx was on its stream
+    before it answered (the outbox's middleware), so any later call, by anyone, sees it.
+
+    Waiters of a process share one poller: one Redis round trip answers all of them, and
+    the process's own consumer wakes it as soon as it acknowledges a batch.
+    """
+
+    def __init__(self, redis: Redis, *, group: str, streams: Sequence[str]) -> None:
+        self.group = group
+        self.streams = list(streams)
+        self._script = redis.register_script(PROGRESS)
+        self._waiters: list[tuple[list[tuple[int, int]], asyncio.Future[bool]]] = []
+        self._kick = asyncio.Event()
+        self._errors = ErrorOnce(log, f"read barrier of {group}")
+
+    async def progress(self) -> Progress:
+        return _parse_progress(await self._script(keys=self.streams, args=[self.group]))
+
+    def kick(self) -> None:
+        """Look again now (the local consumer just acknowledged entries)."""
+        if self._waiters:
+            self._kick.set()
+
+    async def wait(self, within: float = 1.0) -> bool:
+        """True once the copies reflect every change published before this call; False
+        when that could not be established in `within` seconds (Redis down, or the
+        consumer behind): the caller must then not refuse on the strength of its copy."""
+        try:
+            progress = await self.progress()
+        except (redis.exceptions.RedisError, OSError):
+            return False
+        targets = [last for last, _, _ in progress]
+        if _handled(targets, progress):
+            return True
+        waiter = (targets, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        self._kick.set()
+        try:
+            async with asyncio.timeout(within):
+                return await waiter[1]
+        except TimeoutError:
+            return False
+        finally:
+            self._waiters.remove(waiter)
+
+    async def run(self) -> None:
+        """The poller: while anyone waits, check progress on every kick or every few ms."""
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            while any(not fut.done() for _, fut in self._waiters):
+                try:
+                    progress = await self.progress()
+                    self._errors.clear()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # Redis down: nobody can be told "caught up"
+                    self._errors.note(exc, expected=isinstance(exc, redis.exceptions.RedisError))
+                    self._settle_all(False)
+                    break
+                for targets, fut in self._waiters:
+                    if not fut.done() and _handled(targets, progress):
+                        fut.set_result(True)
+                honour_cancellation()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(POLL_SECONDS):
+                        await self._kick.wait()
+                self._kick.clear()
+
+    def _settle_all(self, value: bool) -> None:
+        for _, fut in self._waiters:
+            if not fut.done():
+                fut.set_result(value)
 
 
 async def wait_caught_up(
     client: Redis, *, group: str, streams: Sequence[str], within: float = 1.0
 ) -> bool:
-    """Wait until `group` has handled every entry already on `streams` (all replicas).
+    """Wait until `group` has handled every entry on `streams` when called (all replicas).
 
-    The read-your-writes barrier for local copies, used where a read or a check depends
-    on another service's recent write. One EVALSHA when the group is idle; otherwise it
-    polls every few milliseconds. False when time ran out.
+    A standalone form of `ReadBarrier.wait` for tools and tests. False when time ran out.
     """
-    script = client.register_script(CAUGHT_UP)  # cheap: the SHA is computed once per call
+    script = client.register_script(PROGRESS)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
-    while True:
-        if await script(keys=list(streams), args=[group]):
-            return True
+    progress = _parse_progress(await script(keys=list(streams), args=[group]))
+    targets = [last for last, _, _ in progress]
+    while not _handled(targets, progress):
         if loop.time() >= deadline:
             return False
         await asyncio.sleep(0.002)
+        progress = _parse_progress(await script(keys=list(streams), args=[group]))
+    return True

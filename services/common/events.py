@@ -206,6 +206,17 @@ class ActivityInviteCancelled(_ActivityEvent):
     data: InvitePayload
 
 
+# The base of every `connection.*` event (they all carry a ConnectionPayload), and the
+# types themselves, for consumers that treat them alike.
+ConnectionEvent = _ConnectionEvent
+CONNECTION_EVENTS: tuple[type[ConnectionEvent], ...] = (
+    ConnectionRequested,
+    ConnectionInvited,
+    ConnectionAccepted,
+    ConnectionRejected,
+    ConnectionRemoved,
+)
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.model_fields["type"].default: cls
     for cls in (

@@ -93,7 +93,7 @@ _UNAVAILABLE = (
 )
 
 
-def _is_unavailable(exc: BaseException) -> bool:
+def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, _UNAVAILABLE):
         return True
     if isinstance(exc, sqlalchemy.exc.OperationalError):
@@ -121,7 +121,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
         return problem_response(Problem(exc.status, code, detail, headers=headers))
     except Exception as exc:
-        if _is_unavailable(exc):
+        if is_unavailable(exc):
             log.warning("dependency unavailable on %s %s: %r", request.method, request.path, exc)
             return problem_response(unavailable())
         log.exception("unhandled error on %s %s", request.method, request.path)

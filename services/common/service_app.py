@@ -20,7 +20,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from .consumer import Consumer, Handler, wait_caught_up
+from .consumer import Consumer, CopyBehind, Handler, ReadBarrier
 from .db import Database
 from .migrations import upgrade
 from .openapi import Route, openapi_handler, register
@@ -44,6 +44,7 @@ db_key = web.AppKey("db", Database)
 outbox_key = web.AppKey("outbox", Outbox)
 consumer_key = web.AppKey("consumer", Consumer)
 settings_key = web.AppKey("settings", CommonSettings)
+barrier_key = web.AppKey("barrier", ReadBarrier)
 catch_up_key = web.AppKey("catch_up", object)
 
 CleanupCtx = Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]
@@ -123,9 +124,16 @@ async def publish_before_reply(request: web.Request, handler: Any) -> web.Stream
 
 
 def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Application:
-    app = base_app(
-        settings, middlewares=[domain_error_middleware(spec.errors), publish_before_reply]
-    )
+    errors = {
+        **spec.errors,
+        CopyBehind: (
+            503,
+            "service_unavailable",
+            "This answer depends on another service's recent change, which has not reached "
+            "this service yet; try again shortly.",
+        ),
+    }
+    app = base_app(settings, middlewares=[domain_error_middleware(errors), publish_before_reply])
     app[settings_key] = settings
     app[verifier_key] = verifier_for(settings)
 
@@ -160,25 +168,32 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Appl
             handler=sub.handler(app[db_key]),
             max_deliveries=settings.consumer_max_deliveries,
             claim_idle_ms=settings.consumer_claim_idle_ms,
+            on_settled=app[barrier_key].kick if barrier_key in app else None,
         )
         app[consumer_key] = consumer
         async with background(consumer.run(), f"{spec.name}-consumer"):
             yield
 
     async def use_case_ctx(app: web.Application) -> AsyncIterator[None]:
-        redis, sub = app[redis_key], spec.subscription
+        sub = spec.subscription
+        barrier = None
+        if sub is not None:
+            barrier = ReadBarrier(app[redis_key], group=sub.group, streams=sub.streams)
+            app[barrier_key] = barrier
 
         async def catch_up() -> bool:
-            # Read-your-writes on the local copies (see consumer.wait_caught_up).
-            if sub is None:
-                return True
-            return await wait_caught_up(redis, group=sub.group, streams=sub.streams)
+            # Read-your-writes on the local copies (see consumer.ReadBarrier).
+            return True if barrier is None else await barrier.wait()
 
         app[catch_up_key] = catch_up
         if spec.context is not None:
             key, build = spec.context
             app[key] = build(db=app[db_key], catch_up=catch_up)
-        yield
+        if barrier is None:
+            yield
+            return
+        async with background(barrier.run(), f"{spec.name}-read-barrier"):
+            yield
 
     app.cleanup_ctx.extend(
         [database_ctx, redis_ctx, relay_ctx, use_case_ctx, *spec.contexts, consumer_ctx]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from services.common.consumer import Handler
+from services.common.consumer import UnitOfWork, Units
 from services.common.db import Database
-from services.common.events import AUTH_STREAM, Event, UserRegistered
+from services.common.events import AUTH_STREAM, UserRegistered
 
 from .service import on_user_registered
 
@@ -12,9 +12,9 @@ GROUP = "connections"
 STREAMS = [AUTH_STREAM]
 
 
-def handler(db: Database) -> Handler:
-    async def handle(event: Event) -> None:
-        if isinstance(event, UserRegistered):
-            await on_user_registered(db, event.data.user)
+def on_user_registered_event(event: UserRegistered) -> UnitOfWork:
+    return on_user_registered(event.data.user)
 
-    return handle
+
+def handler(db: Database) -> Units:
+    return Units(db, {UserRegistered: on_user_registered_event})

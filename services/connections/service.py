@@ -11,6 +11,7 @@ import sqlalchemy.exc
 from sqlalchemy import Select, bindparam, select, text
 from sqlalchemy.orm import Session, aliased
 
+from services.common.consumer import CopyBehind
 from services.common.db import Database, utcnow
 from services.common.events import (
     ConnectionAccepted,
@@ -119,9 +120,14 @@ USER_LOOKUPS = {
 
 
 async def _find_user(ctx: ConnectionsContext, by: str, value: object) -> UserCopy | None:
-    """A user from the local copy; on a miss, wait for the copy to catch up and look again."""
+    """A user from the local copy; on a miss, wait for the copy to catch up and look again.
+
+    A miss on a copy that could not be confirmed current is no answer: CopyBehind (503).
+    """
     rows = await ctx.db.fetch(USER_LOOKUPS[by], **{by: value})
-    if not rows and await ctx.catch_up():
+    if not rows:
+        if not await ctx.catch_up():
+            raise CopyBehind(value)
         rows = await ctx.db.fetch(USER_LOOKUPS[by], **{by: value})
     return UserCopy(**dict(rows[0])) if rows else None
 
@@ -372,8 +378,9 @@ async def list_connections(
     return [connection_json(row) for row in await ctx.db.fetch(stmt, **params)]
 
 
-async def on_user_registered(db: Database, user: UserData) -> None:
-    """Copy the user; a new client takes over the email invitations waiting for them."""
+def on_user_registered(user: UserData) -> Callable[[Session], None]:
+    """Copy the user; a new client takes over the email invitations waiting for them.
+    Returns the unit of work (the consumer may apply a batch in one transaction)."""
 
     def copy(session: Session) -> None:
         if user.role == "client":
@@ -401,4 +408,4 @@ async def on_user_registered(db: Database, user: UserData) -> None:
                 ConnectionInvited(data=_payload(row, pro, me), recipient_ids=[user.id]),
             )
 
-    await db.write(copy)
+    return copy
