@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -15,6 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 from sqlalchemy.types import TypeDecorator
+
+from .tasks import ErrorOnce
+
+log = logging.getLogger(__name__)
 
 UTC = dt.UTC
 T = TypeVar("T")
@@ -179,6 +184,7 @@ class Database:
         )
         self._commits = 0
         self._checkpointed: asyncio.Future[None] | None = None
+        self._checkpoint_errors = ErrorOnce(log, "SQLite checkpoint")
         self._before_commit: list[Callable[[Session], None]] = []
         self._after_commit: list[Callable[[Session], None]] = []
 
@@ -314,6 +320,16 @@ class Database:
         if self._checkpointed is not None and not self._checkpointed.done():
             return
         self._checkpointed = asyncio.get_running_loop().run_in_executor(None, self._checkpoint)
+        self._checkpointed.add_done_callback(self._checkpoint_done)
+
+    def _checkpoint_done(self, future: asyncio.Future[None]) -> None:
+        if future.cancelled():
+            return
+        if (exc := future.exception()) is not None:
+            # A failed checkpoint loses nothing (the WAL keeps the pages) but must be seen.
+            self._checkpoint_errors.note(exc, expected=isinstance(exc, sqlite3.OperationalError))
+        else:
+            self._checkpoint_errors.clear()
 
     def _checkpoint(self) -> None:
         path = make_url(self.url).database

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column
 from .db import Database, UTCDateTime, utcnow
 from .events import Event
 from .tables import Id
-from .tasks import honour_cancellation
+from .tasks import ErrorOnce, honour_cancellation
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ class Outbox:
         self._wake = asyncio.Event()
         self.leader = False
         self.last_error: str | None = None
+        self._errors = ErrorOnce(log, f"{name} outbox relay")
         self.published = 0
         self.published_upto = 0  # highest row id on the stream (ids follow commit order)
         self._progress = asyncio.Event()
@@ -236,7 +237,7 @@ class Outbox:
                     await self._pump()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the lock's connection dropped: start over
+            except Exception as exc:  # e.g. the lock's connection dropped: start over
                 self._note_error(exc)
                 await asyncio.sleep(1)
 
@@ -249,8 +250,7 @@ class Outbox:
             try:
                 sent = await self.publish_pending()
                 honour_cancellation()
-                if self.last_error:
-                    log.info("%s outbox relay resumed", self.name)
+                self._errors.clear()
                 self.last_error = None
                 backoff = 0.1
                 if loop.time() - last_purge > 600:
@@ -271,8 +271,12 @@ class Outbox:
                     await self._wake.wait()
 
     def _note_error(self, exc: BaseException) -> None:
-        if self.last_error is None:
-            log.warning("%s outbox relay waiting: %r", self.name, exc)
+        # Redis or the database down is expected (one warning line); anything else is a
+        # bug, logged once with its traceback.
+        expected = isinstance(
+            exc, redis.exceptions.RedisError | sqlalchemy.exc.SQLAlchemyError | OSError
+        )
+        self._errors.note(exc, expected=expected)
         self.last_error = repr(exc)
 
     @contextlib.asynccontextmanager

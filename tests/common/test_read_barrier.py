@@ -1,0 +1,216 @@
+"""The read barrier, typed routing and batched units of work, on a real Redis and both databases."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.common.consumer import Consumer, ReadBarrier, Units, dead_letter_stream, route
+from services.common.db import Database
+from services.common.events import Event, UserRegistered
+
+from ..api import eventually
+from ..infra import RedisServer
+from .conftest import Note, stop, user_event
+from .test_consumer import GROUP, Recorder, consuming, no_pending, publish
+
+
+class Slow(Recorder):
+    """A handler that takes `delay` seconds per event (a consumer under load)."""
+
+    def __init__(self, delay: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.delay = delay
+
+    async def __call__(self, event: Event) -> None:
+        await asyncio.sleep(self.delay)
+        await super().__call__(event)
+
+
+@contextlib.asynccontextmanager
+async def barrier_running(barrier: ReadBarrier) -> AsyncIterator[None]:
+    task = asyncio.create_task(barrier.run())
+    try:
+        yield
+    finally:
+        await stop(task)
+
+
+def consumer_for(
+    redis: aioredis.Redis, stream: str, handler: Any, barrier: ReadBarrier | None = None, **kw: Any
+) -> Consumer:
+    return Consumer(
+        redis,
+        group=GROUP,
+        consumer="c1",
+        streams=[stream],
+        handler=handler,
+        on_settled=barrier.kick if barrier else None,
+        **kw,
+    )
+
+
+async def test_barrier_target_is_fixed_when_the_call_arrives(
+    redis_client: aioredis.Redis, stream: str
+) -> None:
+    """Under steady inflow the group is never "caught up right now"; the barrier waits only
+    for what was on the stream when it was called (the old check starved here)."""
+    handler = Slow(0.01)
+    barrier = ReadBarrier(redis_client, group=GROUP, streams=[stream])
+    consumer = consumer_for(redis_client, stream, handler, barrier, batch=1)
+    stop_feed = asyncio.Event()
+
+    async def feed() -> None:
+        n = 100
+        while not stop_feed.is_set():
+            n += 1
+            await publish(redis_client, stream, user_event(n))
+            await asyncio.sleep(0.005)  # faster than the consumer's 10 ms per event
+
+    async with consuming(consumer), barrier_running(barrier):
+        feeder = asyncio.create_task(feed())
+        try:
+            await asyncio.sleep(0.2)
+            marker = user_event(1)
+            await publish(redis_client, stream, marker)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            assert await barrier.wait(within=10)
+            waited = loop.time() - started
+            # Everything up to the marker is handled, though the stream has grown since.
+            assert marker.event_id in handler.handled
+            assert await redis_client.xlen(stream) > len(handler.handled)
+            assert waited < 10
+        finally:
+            stop_feed.set()
+            await feeder
+
+
+async def test_barrier_is_immediate_when_idle_and_on_an_empty_stream(
+    redis_client: aioredis.Redis, stream: str
+) -> None:
+    barrier = ReadBarrier(redis_client, group=GROUP, streams=[stream, "no.such.stream"])
+    assert await barrier.wait(within=0.1)  # nothing was ever published
+    handler = Recorder()
+    event = user_event(1)
+    await publish(redis_client, stream, event)
+    assert not await barrier.wait(within=0.05)  # published, nobody consumes
+    consumer = consumer_for(redis_client, stream, handler, barrier)
+    async with consuming(consumer), barrier_running(barrier):
+        assert await barrier.wait(within=5)
+        assert handler.handled == [event.event_id]
+
+
+async def test_a_failing_entry_does_not_hold_the_barrier_or_the_entries_behind_it(
+    redis_client: aioredis.Redis, stream: str
+) -> None:
+    poison, after = user_event(1), user_event(2)
+    handler = Recorder(poison={poison.event_id})
+    barrier = ReadBarrier(redis_client, group=GROUP, streams=[stream])
+    # Retried only after 30 s: the barrier must not wait for that.
+    consumer = consumer_for(redis_client, stream, handler, barrier, claim_idle_ms=30_000)
+    async with consuming(consumer), barrier_running(barrier):
+        await publish(redis_client, stream, poison)
+        await publish(redis_client, stream, after)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await barrier.wait(within=5)
+        assert loop.time() - started < 1.0
+        assert handler.handled == [after.event_id]
+        assert handler.attempts[poison.event_id] == 1
+        assert await redis_client.xlen(dead_letter_stream(stream)) == 0  # retried, not dead
+
+
+async def test_barrier_says_no_while_redis_is_down(own_redis: RedisServer, stream: str) -> None:
+    from services.common.service_app import make_redis
+
+    client = make_redis(own_redis.url)
+    try:
+        barrier = ReadBarrier(client, group=GROUP, streams=[stream])
+        async with barrier_running(barrier):
+            own_redis.stop()
+            assert not await barrier.wait(within=1)
+            own_redis.start()
+            assert await eventually(lambda: barrier.wait(within=0.5), within=10)
+    finally:
+        await client.aclose()
+
+
+async def test_unknown_event_types_are_acknowledged_and_skipped(
+    redis_client: aioredis.Redis, stream: str
+) -> None:
+    """A newer producer's type (parsed as a bare envelope) or a known type with no handler
+    is skipped and acknowledged; it never reaches a handler or the dead letters."""
+    seen: list[str] = []
+
+    async def on_user(event: UserRegistered) -> None:
+        seen.append(event.data.user.email)
+
+    unknown = Event(type="user.archived", producer="auth", data={"anything": [1, 2]})
+    known = user_event(7)
+    consumer = consumer_for(redis_client, stream, route({UserRegistered: on_user}))
+    await publish(redis_client, stream, unknown)
+    await publish(redis_client, stream, known)
+    async with consuming(consumer):
+        await eventually(lambda: no_pending(redis_client, stream), within=5)
+        assert seen == ["user7@example.com"]
+        assert await redis_client.xlen(dead_letter_stream(stream)) == 0
+        assert consumer.dead_lettered == 0
+
+
+def _note_unit(event: UserRegistered):  # a unit of work per event, as the services' bus.py
+    def add(session: Session) -> None:
+        if event.data.user.id == 99:
+            raise ValueError("unlucky")
+        session.add(Note(text=event.data.user.email))
+
+    return add
+
+
+async def _notes(database: Database) -> list[str]:
+    return await database.query(lambda s: list(s.scalars(select(Note.text).order_by(Note.id))))
+
+
+async def test_units_apply_a_batch_in_one_transaction(
+    database: Database, redis_client: aioredis.Redis, stream: str
+) -> None:
+    commits = 0
+
+    def count(_session: Session) -> None:
+        nonlocal commits
+        commits += 1
+
+    database.on_after_commit(count)
+    events = [user_event(i) for i in range(1, 21)]
+    for event in events:
+        await publish(redis_client, stream, event)
+    units = Units(database, {UserRegistered: _note_unit})
+    async with consuming(consumer_for(redis_client, stream, units)):
+        await eventually(lambda: no_pending(redis_client, stream), within=5)
+    assert await _notes(database) == [f"user{i}@example.com" for i in range(1, 21)]
+    assert commits == 1  # twenty events, one commit
+
+
+async def test_units_fall_back_to_one_by_one_around_a_failing_event(
+    database: Database, redis_client: aioredis.Redis, stream: str
+) -> None:
+    events = [user_event(i) for i in (11, 12, 99, 14)]
+    for event in events:
+        await publish(redis_client, stream, event)
+    units = Units(database, {UserRegistered: _note_unit})
+    consumer = consumer_for(redis_client, stream, units, claim_idle_ms=30_000)
+    async with consuming(consumer):
+
+        async def applied() -> bool:
+            return len(await _notes(database)) == 3
+
+        await eventually(applied, within=5)
+        assert await _notes(database) == [f"user{i}@example.com" for i in (11, 12, 14)]
+        # The failing one is pending, to be retried; the others are acknowledged.
+        assert (await redis_client.xpending(stream, GROUP))["pending"] == 1
