@@ -39,6 +39,9 @@ RENEW_SECONDS = 1.0  # the holder renews this often; a stand-by tries twice as o
 LOG_MAXLEN = 1_000
 LOG_TTL_SECONDS = 30 * 24 * 3600
 DEDUP_TTL_SECONDS = 7 * 24 * 3600
+# After Redis was down, every service's relay has its backlog on the streams within this
+# (they retry every 0.5 s at most), so merging the streams then keeps each user's order.
+SETTLE_AFTER_OUTAGE_SECONDS = 1.0
 
 
 def log_key(user_id: int | str) -> str:
@@ -109,6 +112,7 @@ class Notifier:
             handler=self.notify,
             claim_idle_ms=claim_idle_ms,
             dedup=False,  # the append script marks and checks `notified:{event_id}` itself
+            settle_after_outage=SETTLE_AFTER_OUTAGE_SECONDS,
         )
         self.leader = False
         self.appended = 0
@@ -148,6 +152,7 @@ class Notifier:
                 raise
             except (redis.exceptions.RedisError, OSError) as exc:
                 log.warning("notifier waiting for Redis: %r", exc)
+                self.consumer.recovering = True  # settle before the next lead consumes
                 await asyncio.sleep(1)
 
     async def _lead(self) -> None:

@@ -45,6 +45,7 @@ Entry = tuple[str, str, dict[bytes, bytes]]  # stream, entry id, fields
 
 Handler = Callable[[Event], Awaitable[None]]
 DEDUP_TTL_SECONDS = 7 * 24 * 3600
+STALL_SECONDS = 2.0  # a blocking read this much over its timeout means Redis was frozen
 
 
 def route(handlers: Mapping[type[Event], Callable[[Any], Awaitable[None]]]) -> Handler:
@@ -133,6 +134,7 @@ class Consumer:
         block_ms: int = 2_000,
         dedup: bool = True,
         on_settled: Callable[[], None] | None = None,
+        settle_after_outage: float = 0.0,
     ) -> None:
         self.redis = redis
         self.group = group
@@ -149,6 +151,11 @@ class Consumer:
         self.dedup = dedup
         # Told after every acknowledgement (a ReadBarrier's kick: waiters look again).
         self.on_settled = on_settled
+        # After Redis was down or frozen, wait this long before handling anything: every
+        # relay's backlog lands meanwhile, and entries merged from several streams keep the
+        # order of their commits (the notifier's per-user order; see outbox.XADD_AT).
+        self.settle_after_outage = settle_after_outage
+        self.recovering = False
         self._errors = ErrorOnce(log, f"consumer {group}/{consumer}")
         self.running = False
         self.last_error: str | None = None
@@ -173,6 +180,9 @@ class Consumer:
         while True:
             try:
                 await self.ensure_groups()
+                if self.recovering and self.settle_after_outage:
+                    await asyncio.sleep(self.settle_after_outage)
+                self.recovering = False
                 await self._drain_own_pending()
                 self.running = True
                 self._errors.clear()
@@ -184,12 +194,14 @@ class Consumer:
                 raise
             except redis.exceptions.ResponseError as exc:
                 self.running = False
+                self.recovering = True
                 if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
                     log.warning("group %s vanished; re-creating it", self.group)
                     continue
                 self._note(exc, expected=False)
             except Exception as exc:
                 self.running = False
+                self.recovering = True
                 expected = isinstance(exc, redis.exceptions.RedisError | OSError)
                 self._note(exc, expected=expected or is_unavailable(exc))
             await asyncio.sleep(backoff)
@@ -208,6 +220,7 @@ class Consumer:
                 await self.reclaim()
                 next_claim = loop.time() + self.claim_every
             timeout_ms = max(1, min(self.block_ms, int((next_claim - loop.time()) * 1000)))
+            started = loop.time()
             reply = await self.redis.xreadgroup(
                 self.group,
                 self.consumer,
@@ -216,34 +229,47 @@ class Consumer:
                 block=None if held else timeout_ms,  # held entries must not wait
             )
             honour_cancellation()
+            stalled = loop.time() - started > timeout_ms / 1000 + STALL_SECONDS
+            if stalled and self.settle_after_outage:
+                # Redis was frozen: hold what came, let the relays' backlogs land, then
+                # merge them in (the next read does not block while entries are held).
+                ready, rest = self._in_order(reply, held)
+                held = ready + rest
+                await asyncio.sleep(self.settle_after_outage)
+                continue
             ready, held = self._in_order(reply, held)
             await self._handle_batch(ready)
 
     def _in_order(self, reply: Any, held: list[Entry]) -> tuple[list[Entry], list[Entry]]:
-        """Entries of several streams in the order Redis appended them (their ids come
-        from one clock), and those to hold back for the next read.
+        """Entries of several streams in the order the changes committed (the relays
+        give each entry its commit time as id), and those to hold back for the next read.
 
         A stream that filled its batch may have older entries still waiting than another
         stream's newest: only entries up to the oldest such batch end are handled now, the
         rest wait to be merged with the next read. A backlog that spans streams then keeps
-        the order in which the changes happened. (Sequence numbers are per stream, so two
-        streams can give equal ids within one millisecond; the sort is stable and such ties
-        go in the order of `streams`, which lists the causes before their consequences.)
+        the order in which the changes happened. Sequence numbers are per stream, so two
+        streams can give equal times: such ties go in the order of `streams`, which lists
+        the causes before their consequences.
         """
         merged = list(held)
-        horizon: tuple[int, int] | None = None
+        horizon: tuple[int, int, int] | None = None
         for stream, entries in reply or []:
             if not entries:
                 continue
             merged += [(_s(stream), _s(i), f) for i, f in entries]
             if len(entries) >= self.batch:
-                end = _id_tuple(_s(entries[-1][0]))
+                end = self._order_key((_s(stream), _s(entries[-1][0]), {}))
                 horizon = end if horizon is None else min(horizon, end)
-        merged.sort(key=lambda entry: _id_tuple(entry[1]))
+        merged.sort(key=self._order_key)
         if horizon is None:
             return merged, []
-        ready = [e for e in merged if _id_tuple(e[1]) <= horizon]
+        ready = [e for e in merged if self._order_key(e) <= horizon]
         return ready, merged[len(ready) :]
+
+    def _order_key(self, entry: Entry) -> tuple[int, int, int]:
+        ms, seq = _id_tuple(entry[1])
+        rank = self.streams.index(entry[0]) if entry[0] in self.streams else len(self.streams)
+        return ms, rank, seq
 
     async def _drain_own_pending(self) -> None:
         """Re-handle what this consumer read but never acknowledged before it stopped."""
@@ -280,7 +306,7 @@ class Consumer:
                 claimed += [(stream, _s(e[0]), e[1]) for e in entries if e and e[1] is not None]
                 if start == "0-0":
                     break
-        claimed.sort(key=lambda entry: _id_tuple(entry[1]))
+        claimed.sort(key=self._order_key)
         await self._handle_batch(claimed)
         return len(claimed)
 

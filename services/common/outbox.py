@@ -42,6 +42,24 @@ _committed_rows: ContextVar[list[int] | None] = ContextVar("outbox_committed_row
 
 BATCH = 200
 POLL_SECONDS = 1.0
+# While Redis is down the relay retries this often at most: after an outage every
+# service's backlog must be on its stream within the notifier's settling pause
+# (consumer.Consumer's `settle_after_outage`), so the notifier merges them in order.
+MAX_BACKOFF_SECONDS = 0.5
+
+# XADD at the row's commit time (`<ms>-*`) instead of at Redis's now: a backlog published
+# after an outage or a relay restart then sorts among the other services' entries by when
+# it committed, and the notifier, which merges streams by id, keeps the order in which the
+# changes happened. When the stream already holds a later entry (a clock step, or Redis
+# older than 7.0 without the `<ms>-*` form) it falls back to now.
+XADD_AT = """
+local at = ARGV[2] .. '-*'
+local id = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], at, '__data__', ARGV[3])
+if type(id) == 'table' and id['err'] then
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', '__data__', ARGV[3])
+end
+return id
+"""
 RETENTION = dt.timedelta(hours=24)
 PUBLISH_WAIT_SECONDS = 0.5
 STAGED = "outbox.staged"
@@ -109,8 +127,11 @@ class Outbox:
         self.published = 0
         self.published_upto = 0  # highest row id on the stream (ids follow commit order)
         self._progress = asyncio.Event()
+        self._xadd_at = redis.register_script(XADD_AT)
         self._unsent = (
-            select(model.id, model.event_id, model.stream, model.type, model.payload)
+            select(
+                model.id, model.event_id, model.stream, model.type, model.payload, model.created_at
+            )
             .where(model.published_at.is_(None))
             .order_by(model.id)
             .limit(BATCH)
@@ -206,7 +227,13 @@ class Outbox:
                 data = await encode(
                     row["payload"].encode(), event_id=row["event_id"], event_type=row["type"]
                 )
-                pipe.xadd(row["stream"], {"__data__": data}, maxlen=self.maxlen, approximate=True)
+                committed = row["created_at"]
+                if committed.tzinfo is None:  # (a raw SQLite read) stored as naive UTC
+                    committed = committed.replace(tzinfo=dt.UTC)
+                committed_ms = int(committed.timestamp() * 1000)
+                await self._xadd_at(
+                    keys=[row["stream"]], args=[self.maxlen, committed_ms, data], client=pipe
+                )
             stream_ids = await pipe.execute()
         # On the stream now: release the replies waiting for these events before marking
         # the rows (that write queues behind the service's other writers).
@@ -260,7 +287,7 @@ class Outbox:
                 # Redis or the database is down: the rows wait in the outbox; retry later.
                 self._note_error(exc)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                 continue
             if sent == BATCH:
                 continue

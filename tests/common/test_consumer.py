@@ -373,8 +373,8 @@ def assert_append_order(
     stream: such ties have no order to keep.)"""
     key_of = {event_id: key for key, event_id in published}
     assert sorted(handler.handled) == sorted(key_of)
-    keys = [key_of[event_id] for event_id in handler.handled]
-    assert keys == sorted(keys)
+    times = [key_of[event_id][0] for event_id in handler.handled]
+    assert times == sorted(times)
 
 
 def _key(entry_id: str) -> tuple[int, int]:

@@ -421,3 +421,38 @@ async def test_wait_published(database: Database, redis_client: aioredis.Redis) 
     started = time.perf_counter()
     assert not await outbox.wait_published(last.id, within=0.2)
     assert time.perf_counter() - started < 1
+
+
+async def test_a_backlog_is_appended_at_its_commit_time(
+    database: Database, redis_client: aioredis.Redis
+) -> None:
+    """Rows relayed late (Redis was down, the relay restarted) get their commit time as
+    entry id, so they sort before what another service appended meanwhile: the notifier
+    merges the streams by id and keeps the order in which the changes happened."""
+    outbox = make_outbox(database, redis_client)
+    late = user_event(1)
+    await commit(database, late)  # committed; no relay runs yet
+    [row] = await rows(database)
+    await asyncio.sleep(0.05)
+    other = (await redis_client.xadd(CONNECTIONS_STREAM, {"x": "appended meanwhile"})).decode()
+    async with relaying(outbox):
+        await eventually(lambda: published_count(redis_client, 1), within=5)
+    [(entry_id, event)] = await on_stream(redis_client)
+    assert event.event_id == late.event_id
+    committed_ms = int(row.created_at.timestamp() * 1000)
+    assert int(entry_id.split("-")[0]) == committed_ms
+    assert _id(entry_id) < _id(other)
+    # A stream that already holds a later entry takes the row at Redis's now instead.
+    again = user_event(2)
+    await redis_client.xadd(AUTH_STREAM, {"x": "newer"}, id=f"{committed_ms + 60_000}-0")
+    await commit(database, again)
+    async with relaying(outbox):
+        await eventually(lambda: published_count(redis_client, 3), within=5)
+    [(last_id, fields)] = await redis_client.xrevrange(AUTH_STREAM, count=1)
+    assert decode_entry(fields).event_id == again.event_id
+    assert _id(last_id.decode()) > (committed_ms + 60_000, 0)
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq)
