@@ -14,6 +14,7 @@ latency of the invites (the read barrier's wait is most of it).
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from collections import Counter
@@ -24,7 +25,7 @@ from tests.api import Api
 
 from .harness import log_findings, running_stack
 
-CLIENTS = 50
+CLIENTS = int(os.environ.get("CLIENTS", "50"))
 ROUNDS = 3
 
 

@@ -32,7 +32,7 @@ from .config import GatewaySettings
 from .cors import cors_middleware
 from .hub import Hub
 from .notifier import Notifier
-from .proxy import forward, session_key
+from .proxy import Positions, forward, positions_key, session_key
 
 VERSION = "1.0.0"
 PUBLIC_PATHS = frozenset({"/api/auth/signup", "/api/auth/login", "/api/auth/refresh"})
@@ -242,6 +242,7 @@ def create_app(settings: GatewaySettings | None = None) -> web.Application:
     app = base_app(settings, outer=[cors_middleware(settings.cors_origins)])
     app[settings_key] = settings
     app[verifier_key] = verifier_for(settings)
+    app[positions_key] = Positions()
     app[upstreams_key] = {
         "auth": settings.auth_url.rstrip("/"),
         "connections": settings.connections_url.rstrip("/"),

@@ -8,6 +8,12 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from services.common.outbox import (
+    OUTBOX_ROW_HEADER,
+    READ_AFTER_HEADER,
+    format_positions,
+    parse_positions,
+)
 from services.common.problems import unavailable
 
 log = logging.getLogger(__name__)
@@ -38,11 +44,38 @@ SPOOFABLE = frozenset(
         "x-real-ip",
         "forwarded",
         "x-request-id",
+        READ_AFTER_HEADER.lower(),
     }
 )
-RESPONSE_DROP = HOP_BY_HOP | {"server", "date"}
+RESPONSE_DROP = HOP_BY_HOP | {"server", "date", OUTBOX_ROW_HEADER.lower()}
+
+
+class Positions:
+    """The newest outbox row each stream's producer answered for, as this gateway saw it.
+
+    Every change a service answers carries where its events are in the producer's outbox
+    (`X-Outbox-Row`); every request goes on with all of them (`X-Read-After`), so a
+    service whose answer depends on a copy first waits until those rows are on the stream
+    and applied: a 2xx change is visible to every later call through this gateway, by
+    anyone, even when its event reached the stream after the reply (Redis was down).
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[str, int] = {}
+        self.header = ""
+
+    def update(self, value: str) -> None:
+        changed = False
+        for stream, row in parse_positions(value).items():
+            if row > self.rows.get(stream, 0):
+                self.rows[stream] = row
+                changed = True
+        if changed:
+            self.header = format_positions(self.rows)
+
 
 session_key = web.AppKey("upstream_session", aiohttp.ClientSession)
+positions_key = web.AppKey("positions", Positions)
 
 
 def _drop_listed(headers: CIMultiDict[str]) -> set[str]:
@@ -59,6 +92,8 @@ def request_headers(request: web.Request) -> CIMultiDict[str]:
     out["X-Forwarded-For"] = request.remote or ""
     out["X-Forwarded-Proto"] = request.scheme
     out["X-Request-Id"] = request["request_id"]
+    if positions_key in request.app and (seen := request.app[positions_key].header):
+        out[READ_AFTER_HEADER] = seen
     return out
 
 
@@ -79,6 +114,8 @@ async def forward(request: web.Request, base_url: str, name: str) -> web.Respons
             data=body,
             allow_redirects=False,
         ) as upstream:
+            if (rows := upstream.headers.get(OUTBOX_ROW_HEADER)) and positions_key in request.app:
+                request.app[positions_key].update(rows)
             payload = await upstream.read()
             return web.Response(
                 status=upstream.status,

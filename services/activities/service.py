@@ -4,7 +4,7 @@ No HTTP here."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +12,7 @@ import sqlalchemy.exc
 from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from services.common.consumer import CopyBehind
+from services.common.consumer import CatchUp, CopyBehind
 from services.common.copies import apply_connection
 from services.common.db import Database, utcnow
 from services.common.events import (
@@ -26,6 +26,8 @@ from services.common.events import (
     ActivityPayload,
     ActivitySummary,
     ConnectionData,
+    ConnectionEvent,
+    Event,
     InviteCounts,
     InviteData,
     InvitePayload,
@@ -69,7 +71,7 @@ class ActivityFull(ActivitiesError):
 class ActivitiesContext:
     db: Database
     # Waits until the connections copy has applied every event already published.
-    catch_up: Callable[[], Awaitable[bool]]
+    catch_up: CatchUp
 
 
 INSERT_ACTIVITY = insert(Activity.__table__).returning(Activity.__table__.c.id)
@@ -149,6 +151,30 @@ async def create_activity(
     return await ctx.db.write(create)
 
 
+def _pair(professional_id: int, client_id: int) -> Callable[[Event], bool]:
+    """Connection events of one pair: all an invite between them depends on."""
+
+    def about(event: Event) -> bool:
+        if not isinstance(event, ConnectionEvent):
+            return False
+        connection = event.data.connection
+        return connection.professional.id == professional_id and connection.client.id == client_id
+
+    return about
+
+
+def _party(side: str, user_id: int) -> Callable[[Event], bool]:
+    """Connection events with `user_id` on `side` (what cascades onto their invites)."""
+
+    def about(event: Event) -> bool:
+        if not isinstance(event, ConnectionEvent):
+            return False
+        party = getattr(event.data.connection, side)
+        return party.id == user_id
+
+    return about
+
+
 def _owned_activity(
     session: Session, identity: Identity, activity_id: int, *, lock: bool = False
 ) -> Activity:
@@ -190,7 +216,7 @@ async def invite(
     # a stale one an accept on its way would be refused, and an invite allowed by a
     # connection already removed would be cancelled as soon as the removal lands. When
     # that cannot be established (Redis down), "try again shortly" is the true answer.
-    if not await ctx.catch_up():
+    if not await ctx.catch_up(about=_pair(identity.user_id, client_id)):
         raise CopyBehind(client_id)
 
     def add(session: Session) -> InviteData:
@@ -232,7 +258,8 @@ async def invite(
 async def respond(
     ctx: ActivitiesContext, *, identity: Identity, invite_id: int, accept: bool
 ) -> InviteData:
-    await ctx.catch_up()  # an invite cancelled by a connection removal a moment ago stays so
+    # An invite cancelled by a connection removal a moment ago stays so.
+    await ctx.catch_up(about=_party("client", identity.user_id))
 
     def answer(session: Session) -> InviteData:
         row = session.scalar(
@@ -352,7 +379,8 @@ def invite_json(row: Mapping[str, Any]) -> dict[str, Any]:
 async def list_activities(
     ctx: ActivitiesContext, *, identity: Identity, limit: int, offset: int
 ) -> list[dict[str, Any]]:
-    await ctx.catch_up()  # counts show invites cancelled by a connection removal a moment ago
+    # Counts show invites cancelled by a connection removal a moment ago.
+    await ctx.catch_up(about=_party("professional", identity.user_id))
     rows = await ctx.db.fetch(LIST_ACTIVITIES, uid=identity.user_id, limit=limit, offset=offset)
     return [activity_json(row) for row in rows]
 
@@ -360,7 +388,8 @@ async def list_activities(
 async def list_invites(
     ctx: ActivitiesContext, *, identity: Identity, limit: int, offset: int
 ) -> list[dict[str, Any]]:
-    await ctx.catch_up()  # invites cancelled by a connection removal a moment ago show so
+    # Invites cancelled by a connection removal a moment ago show so.
+    await ctx.catch_up(about=_party("client", identity.user_id))
     rows = await ctx.db.fetch(LIST_INVITES, uid=identity.user_id, limit=limit, offset=offset)
     return [invite_json(row) for row in rows]
 

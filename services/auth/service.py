@@ -8,7 +8,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +19,16 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from redis.asyncio import Redis
 from sqlalchemy import Select, bindparam, or_, orm, select, update
 
+from services.common.consumer import CatchUp
 from services.common.db import Database, utcnow
-from services.common.events import UserData, UserPayload, UserRegistered, format_timestamp
+from services.common.events import (
+    ConnectionEvent,
+    Event,
+    UserData,
+    UserPayload,
+    UserRegistered,
+    format_timestamp,
+)
 from services.common.outbox import stage
 from services.common.tokens import Identity, RevocationList, TokenIssuer, new_opaque_token
 
@@ -143,7 +151,7 @@ class AuthContext:
     revocations: RevocationList
     refresh_ttl: dt.timedelta
     # Waits until the copy of connections has applied every event already published.
-    catch_up: Callable[[], Awaitable[bool]]
+    catch_up: CatchUp
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,13 +356,24 @@ async def get_user(ctx: AuthContext, *, user_id: int) -> dict[str, Any]:
     return user_json(rows[0])
 
 
+def _connections_of(professional_id: int) -> Callable[[Event], bool]:
+    def about(event: Event) -> bool:
+        return (
+            isinstance(event, ConnectionEvent)
+            and event.data.connection.professional.id == professional_id
+        )
+
+    return about
+
+
 async def list_users(
     ctx: AuthContext, *, viewer: Identity, role: str | None, limit: int, offset: int
 ) -> list[dict[str, Any]]:
     """Professionals are listed to everyone; a client only to themself and to the
     professionals with an accepted connection to them."""
     if viewer.role == "professional" and role != "professional":
-        await ctx.catch_up()  # a connection accepted a moment ago makes its client visible
+        # A connection accepted a moment ago makes its client visible.
+        await ctx.catch_up(about=_connections_of(viewer.user_id))
     stmt = USERS_STATEMENTS[(viewer.role, role)]
     rows = await ctx.db.fetch(stmt, uid=viewer.user_id, limit=limit, offset=offset)
     return [user_json(row) for row in rows]

@@ -26,7 +26,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import redis.exceptions
 from faststream.redis.parser import BinaryMessageFormatV1
@@ -448,16 +449,23 @@ def _id_tuple(entry_id: Any) -> tuple[int, int]:
 
 
 # How far `group` has got on each of KEYS, in one round trip: the stream's newest entry
-# id, the group's last-delivered id, and its oldest entry still in flight (delivered once
-# and not acknowledged; "" when none). Entries being retried (delivered more than once: a
-# failing handler) do not count as in flight, so one bad entry never holds readers up.
+# id and the producer's outbox row it carries, the group's last-delivered id, and its
+# oldest entry still in flight (delivered once and not acknowledged; "" when none).
+# Entries being retried (delivered more than once: a failing handler) do not count as in
+# flight, so one bad entry never holds readers up.
 PROGRESS = """
 local out = {}
 for _, key in ipairs(KEYS) do
-  local last, delivered, inflight = '0-0', '0-0', ''
+  local last, row, delivered, inflight = '0-0', '0', '0-0', ''
   if redis.call('EXISTS', key) == 1 then
     local top = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
-    if #top > 0 then last = top[1][1] end
+    if #top > 0 then
+      last = top[1][1]
+      local fields = top[1][2]
+      for j = 1, #fields, 2 do
+        if fields[j] == 'row' then row = fields[j + 1] end
+      end
+    end
     local found = false
     for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
       local name, seen
@@ -474,33 +482,65 @@ for _, key in ipairs(KEYS) do
     end
   end
   out[#out + 1] = last
+  out[#out + 1] = row
   out[#out + 1] = delivered
   out[#out + 1] = inflight
 end
 return out
 """
 
-Progress = list[tuple[tuple[int, int], tuple[int, int], tuple[int, int] | None]]
+EntryId = tuple[int, int]
 POLL_SECONDS = 0.003
+SCAN_LIMIT = 500  # entries in flight a barrier reads through to see if any concern it
 
 
-def _parse_progress(reply: Sequence[Any]) -> Progress:
+@dataclass(frozen=True, slots=True)
+class StreamProgress:
+    last: EntryId  # the newest entry on the stream
+    row: int  # the producer's outbox row that entry carries (0: none)
+    delivered: EntryId  # the group's last-delivered id
+    inflight: EntryId | None  # the group's oldest entry delivered once, not acknowledged
+
+    def handled(self, target: EntryId) -> bool:
+        """Has the group handled (or, for now, given up on) every entry up to `target`?"""
+        return target <= self.delivered and (self.inflight is None or target < self.inflight)
+
+
+def _format_id(entry_id: EntryId) -> str:
+    return f"{entry_id[0]}-{entry_id[1]}"
+
+
+def _parse_progress(reply: Sequence[Any]) -> list[StreamProgress]:
     values = [_s(v) for v in reply]
-    progress: Progress = []
-    for i in range(0, len(values), 3):
-        last, delivered, inflight = values[i : i + 3]
-        progress.append(
-            (_id_tuple(last), _id_tuple(delivered), _id_tuple(inflight) if inflight else None)
+    return [
+        StreamProgress(
+            last=_id_tuple(values[i]),
+            row=int(values[i + 1]) if values[i + 1].isdigit() else 0,
+            delivered=_id_tuple(values[i + 2]),
+            inflight=_id_tuple(values[i + 3]) if values[i + 3] else None,
         )
-    return progress
+        for i in range(0, len(values), 4)
+    ]
 
 
-def _handled(targets: Sequence[tuple[int, int]], progress: Progress) -> bool:
-    """Has every entry up to each stream's target been handled (or given up on for now)?"""
-    return all(
-        target <= delivered and (inflight is None or target < inflight)
-        for target, (_, delivered, inflight) in zip(targets, progress, strict=True)
-    )
+@dataclass(slots=True)
+class _Waiter:
+    marks: list[int]  # outbox rows that must be on each stream before targets are set
+    targets: list[EntryId] | None
+    done: asyncio.Future[bool]
+
+    def check(self, progress: list[StreamProgress]) -> bool:
+        if self.targets is None:
+            if any(p.row < mark for p, mark in zip(progress, self.marks, strict=True)):
+                return False  # a change the caller knows of is not on its stream yet
+            self.targets = [p.last for p in progress]
+        return all(p.handled(t) for p, t in zip(progress, self.targets, strict=True))
+
+
+class CatchUp(Protocol):
+    """The read barrier as the use cases see it (`ReadBarrier.wait`, bound to the app)."""
+
+    def __call__(self, about: Callable[[Event], bool] | None = None) -> Awaitable[bool]: ...
 
 
 class CopyBehind(Exception):
@@ -517,8 +557,11 @@ class ReadBarrier:
     the connection's accept) waits until the service's group has handled every entry that
     was on the streams *when the call arrived*. The target is fixed then: a stream that
     keeps growing under load never moves the goal away (waiting for "caught up right
-    now" starved under steady traffic). A change that answered 2xx was on its stream
-    before it answered (the outbox's middleware), so any later call, by anyone, sees it.
+    now" starved under steady traffic). A change that answered 2xx was normally on its
+    stream before it answered (the outbox's middleware); when it was not (Redis down, a
+    slow relay), the gateway passes its outbox row on (`after`, from X-Read-After), and
+    the barrier first waits for an entry at least that new to be on the stream. So any
+    later call through the gateway, by anyone, sees it.
 
     Waiters of a process share one poller: one Redis round trip answers all of them, and
     the process's own consumer wakes it as soon as it acknowledges a batch.
@@ -527,12 +570,13 @@ class ReadBarrier:
     def __init__(self, redis: Redis, *, group: str, streams: Sequence[str]) -> None:
         self.group = group
         self.streams = list(streams)
+        self._redis = redis
         self._script = redis.register_script(PROGRESS)
-        self._waiters: list[tuple[list[tuple[int, int]], asyncio.Future[bool]]] = []
+        self._waiters: list[_Waiter] = []
         self._kick = asyncio.Event()
         self._errors = ErrorOnce(log, f"read barrier of {group}")
 
-    async def progress(self) -> Progress:
+    async def progress(self) -> list[StreamProgress]:
         return _parse_progress(await self._script(keys=self.streams, args=[self.group]))
 
     def kick(self) -> None:
@@ -540,34 +584,74 @@ class ReadBarrier:
         if self._waiters:
             self._kick.set()
 
-    async def wait(self, within: float = 1.0) -> bool:
-        """True once the copies reflect every change published before this call; False
-        when that could not be established in `within` seconds (Redis down, or the
-        consumer behind): the caller must then not refuse on the strength of its copy."""
+    async def wait(
+        self,
+        within: float = 1.0,
+        *,
+        about: Callable[[Event], bool] | None = None,
+        after: Mapping[str, int] | None = None,
+    ) -> bool:
+        """True once the copies reflect every change published before this call (and the
+        changes at the outbox rows `after` names, per stream); False when that could not be
+        established in `within` seconds (Redis down, or the consumer behind): the caller
+        must then not refuse on the strength of its copy.
+
+        `about` says which events the caller's answer depends on: when none of the
+        entries still in flight is about it, there is nothing to wait for (an invite
+        waits for its own pair's connection events, not for everyone's).
+        """
+        marks = [(after or {}).get(stream, 0) for stream in self.streams]
+        waiter = _Waiter(marks, None, asyncio.get_running_loop().create_future())
         try:
             progress = await self.progress()
+            if waiter.check(progress):
+                return True
+            if (
+                about is not None
+                and waiter.targets is not None
+                and not await self._in_flight_about(progress, about)
+            ):
+                return True
         except (redis.exceptions.RedisError, OSError):
             return False
-        targets = [last for last, _, _ in progress]
-        if _handled(targets, progress):
-            return True
-        waiter = (targets, asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
         self._kick.set()
         try:
             async with asyncio.timeout(within):
-                return await waiter[1]
+                return await waiter.done
         except TimeoutError:
             return False
         finally:
             self._waiters.remove(waiter)
+
+    async def _in_flight_about(
+        self, progress: list[StreamProgress], about: Callable[[Event], bool]
+    ) -> bool:
+        """Is any entry the group has not handled yet (up to the targets) about the caller?
+        One XRANGE per stream, from the oldest entry in flight to the target."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream, p in zip(self.streams, progress, strict=True):
+                start = _format_id(p.inflight) if p.inflight else f"({_format_id(p.delivered)}"
+                pipe.xrange(stream, min=start, max=_format_id(p.last), count=SCAN_LIMIT + 1)
+            replies = await pipe.execute()
+        for entries in replies:
+            if len(entries) > SCAN_LIMIT:
+                return True  # a long backlog: not worth reading through, just wait
+            for _, fields in entries:
+                try:
+                    event = decode_entry(fields or {})
+                except (ValidationError, ValueError):
+                    continue  # never applied: it goes to the dead letters
+                if about(event):
+                    return True
+        return False
 
     async def run(self) -> None:
         """The poller: while anyone waits, check progress on every kick or every few ms."""
         while True:
             await self._kick.wait()
             self._kick.clear()
-            while any(not fut.done() for _, fut in self._waiters):
+            while any(not w.done.done() for w in self._waiters):
                 try:
                     progress = await self.progress()
                     self._errors.clear()
@@ -575,21 +659,18 @@ class ReadBarrier:
                     raise
                 except Exception as exc:  # Redis down: nobody can be told "caught up"
                     self._errors.note(exc, expected=isinstance(exc, redis.exceptions.RedisError))
-                    self._settle_all(False)
+                    for w in self._waiters:
+                        if not w.done.done():
+                            w.done.set_result(False)
                     break
-                for targets, fut in self._waiters:
-                    if not fut.done() and _handled(targets, progress):
-                        fut.set_result(True)
+                for w in self._waiters:
+                    if not w.done.done() and w.check(progress):
+                        w.done.set_result(True)
                 honour_cancellation()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(POLL_SECONDS):
                         await self._kick.wait()
                 self._kick.clear()
-
-    def _settle_all(self, value: bool) -> None:
-        for _, fut in self._waiters:
-            if not fut.done():
-                fut.set_result(value)
 
 
 async def wait_caught_up(
@@ -603,8 +684,8 @@ async def wait_caught_up(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     progress = _parse_progress(await script(keys=list(streams), args=[group]))
-    targets = [last for last, _, _ in progress]
-    while not _handled(targets, progress):
+    targets = [p.last for p in progress]
+    while not all(p.handled(t) for p, t in zip(progress, targets, strict=True)):
         if loop.time() >= deadline:
             return False
         await asyncio.sleep(0.002)

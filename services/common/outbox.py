@@ -26,7 +26,7 @@ import sqlalchemy.exc
 from aiohttp import web
 from faststream.redis.parser import BinaryMessageFormatV1
 from redis.asyncio import Redis
-from sqlalchemy import Index, String, Text, bindparam, delete, insert, select, text, update
+from sqlalchemy import Index, String, Text, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column
 
 from .db import Database, UTCDateTime, utcnow
@@ -38,7 +38,26 @@ log = logging.getLogger(__name__)
 
 # The outbox rows committed while handling the current request (set per request by
 # `Outbox.middleware`), so the reply can wait until they are on the stream.
-_committed_rows: ContextVar[list[int] | None] = ContextVar("outbox_committed_rows", default=None)
+_committed_rows: ContextVar[list[dict[str, int]] | None] = ContextVar(
+    "outbox_committed_rows", default=None
+)
+OUTBOX_ROW_HEADER = "X-Outbox-Row"  # service -> gateway: `<stream>=<row id>[,...]`
+READ_AFTER_HEADER = "X-Read-After"  # gateway -> service: the same, for every stream
+
+
+def format_positions(positions: dict[str, int]) -> str:
+    return ",".join(f"{stream}={row}" for stream, row in sorted(positions.items()))
+
+
+def parse_positions(value: str) -> dict[str, int]:
+    """`a.events=12,b.events=7` -> {"a.events": 12, ...}; malformed parts are ignored."""
+    found: dict[str, int] = {}
+    for part in value.split(",")[:16]:
+        stream, sep, row = part.strip().partition("=")
+        if sep and stream and row.isascii() and row.isdigit() and len(row) <= 18:
+            found[stream] = int(row)
+    return found
+
 
 BATCH = 200
 POLL_SECONDS = 1.0
@@ -54,9 +73,11 @@ MAX_BACKOFF_SECONDS = 0.5
 # older than 7.0 without the `<ms>-*` form) it falls back to now.
 XADD_AT = """
 local at = ARGV[2] .. '-*'
-local id = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], at, '__data__', ARGV[3])
+local id = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], at,
+  '__data__', ARGV[3], 'row', ARGV[4])
 if type(id) == 'table' and id['err'] then
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', '__data__', ARGV[3])
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+    '__data__', ARGV[3], 'row', ARGV[4])
 end
 return id
 """
@@ -163,15 +184,18 @@ class Outbox:
         # A Core insert, not ORM objects: this runs in every write (about a third of the
         # CPU of a one-row unit of work went into flushing these through the ORM).
         ids = session.scalars(self._insert, rows).all()
-        session.info["outbox.last_row"] = max(ids)
+        last: dict[str, int] = {}
+        for row_id, row in zip(ids, rows, strict=True):
+            last[row["stream"]] = max(row_id, last.get(row["stream"], 0))
+        session.info["outbox.last_rows"] = last
 
     def _after_commit(self, session: Session) -> None:
-        last_row = session.info.pop("outbox.last_row", None)
-        if last_row is not None:
+        last_rows = session.info.pop("outbox.last_rows", None)
+        if last_rows:
             self._wake.set()
             committed = _committed_rows.get()
             if committed is not None:
-                committed.append(last_row)
+                committed.append(last_rows)
 
     async def wait_published(self, row_id: int, *, within: float) -> bool:
         """Wait until outbox row `row_id` is on its stream; False when time ran out."""
@@ -209,8 +233,19 @@ class Outbox:
             committed = _committed_rows.get()
         finally:
             _committed_rows.reset(token)
-        if committed and self.last_error is None:
-            await self.wait_published(max(committed), within=PUBLISH_WAIT_SECONDS)
+        if not committed:
+            return response
+        last: dict[str, int] = {}
+        for rows in committed:
+            for stream, row_id in rows.items():
+                last[stream] = max(row_id, last.get(stream, 0))
+        if self.last_error is None:
+            await self.wait_published(max(last.values()), within=PUBLISH_WAIT_SECONDS)
+        # Where this change is in its stream, for the gateway to pass on to later calls
+        # (`X-Read-After`): a call that depends on it waits until it has been applied,
+        # even when the reply left before the event was on the stream (Redis down, a slow
+        # relay). See consumer.ReadBarrier.
+        response.headers[OUTBOX_ROW_HEADER] = format_positions(last)
         return response
 
     def wake(self) -> None:
@@ -232,7 +267,9 @@ class Outbox:
                     committed = committed.replace(tzinfo=dt.UTC)
                 committed_ms = int(committed.timestamp() * 1000)
                 await self._xadd_at(
-                    keys=[row["stream"]], args=[self.maxlen, committed_ms, data], client=pipe
+                    keys=[row["stream"]],
+                    args=[self.maxlen, committed_ms, data, row["id"]],
+                    client=pipe,
                 )
             stream_ids = await pipe.execute()
         # On the stream now: release the replies waiting for these events before marking
@@ -253,7 +290,14 @@ class Outbox:
 
     async def purge_published(self) -> None:
         m = self.model
-        old = delete(m).where(m.published_at.is_not(None), m.published_at < utcnow() - RETENTION)
+        # The newest row always stays: SQLite numbers a new row max(id) + 1, and row ids
+        # must never go back (they are positions the gateway passes on, X-Read-After).
+        newest = select(func.max(m.id)).scalar_subquery()
+        old = delete(m).where(
+            m.published_at.is_not(None),
+            m.published_at < utcnow() - RETENTION,
+            m.id < newest,
+        )
         await self.db.write(lambda session: session.execute(old))
 
     async def run(self) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,10 @@ from redis.retry import Retry
 
 from .consumer import Consumer, CopyBehind, Handler, ReadBarrier
 from .db import Database
+from .events import Event
 from .migrations import upgrade
 from .openapi import Route, openapi_handler, register
-from .outbox import Outbox, OutboxMixin
+from .outbox import READ_AFTER_HEADER, Outbox, OutboxMixin, parse_positions
 from .problems import DomainErrors, domain_error_middleware
 from .settings import CommonSettings, ServiceSettings
 from .tokens import RevocationList, TokenVerifier, ensure_dev_keys, load_public_key
@@ -123,6 +125,21 @@ async def publish_before_reply(request: web.Request, handler: Any) -> web.Stream
     return await request.app[outbox_key].middleware(request, handler)
 
 
+# The outbox rows the gateway has seen answered, per stream (X-Read-After), for this
+# request's read barrier.
+_read_after: ContextVar[dict[str, int] | None] = ContextVar("read_after", default=None)
+
+
+@web.middleware
+async def read_after(request: web.Request, handler: Any) -> web.StreamResponse:
+    value = request.headers.get(READ_AFTER_HEADER)
+    token = _read_after.set(parse_positions(value) if value else None)
+    try:
+        return await handler(request)
+    finally:
+        _read_after.reset(token)
+
+
 def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Application:
     errors = {
         **spec.errors,
@@ -133,7 +150,10 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Appl
             "this service yet; try again shortly.",
         ),
     }
-    app = base_app(settings, middlewares=[domain_error_middleware(errors), publish_before_reply])
+    app = base_app(
+        settings,
+        middlewares=[read_after, domain_error_middleware(errors), publish_before_reply],
+    )
     app[settings_key] = settings
     app[verifier_key] = verifier_for(settings)
 
@@ -181,9 +201,11 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Appl
             barrier = ReadBarrier(app[redis_key], group=sub.group, streams=sub.streams)
             app[barrier_key] = barrier
 
-        async def catch_up() -> bool:
+        async def catch_up(about: Callable[[Event], bool] | None = None) -> bool:
             # Read-your-writes on the local copies (see consumer.ReadBarrier).
-            return True if barrier is None else await barrier.wait()
+            if barrier is None:
+                return True
+            return await barrier.wait(about=about, after=_read_after.get())
 
         app[catch_up_key] = catch_up
         if spec.context is not None:

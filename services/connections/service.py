@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +11,7 @@ import sqlalchemy.exc
 from sqlalchemy import Select, bindparam, select, text
 from sqlalchemy.orm import Session, aliased
 
-from services.common.consumer import CopyBehind
+from services.common.consumer import CatchUp, CopyBehind
 from services.common.db import Database, utcnow
 from services.common.events import (
     ConnectionAccepted,
@@ -21,8 +21,10 @@ from services.common.events import (
     ConnectionRejected,
     ConnectionRemoved,
     ConnectionRequested,
+    Event,
     Party,
     UserData,
+    UserRegistered,
     format_timestamp,
 )
 from services.common.outbox import stage
@@ -73,7 +75,7 @@ class AccountNotReady(ConnectionsError):
 class ConnectionsContext:
     db: Database
     # Waits until the users copy has applied every event already published.
-    catch_up: Callable[[], Awaitable[bool]]
+    catch_up: CatchUp
 
 
 Pro = aliased(UserCopy, name="pro")
@@ -126,10 +128,23 @@ async def _find_user(ctx: ConnectionsContext, by: str, value: object) -> UserCop
     """
     rows = await ctx.db.fetch(USER_LOOKUPS[by], **{by: value})
     if not rows:
-        if not await ctx.catch_up():
+        if not await ctx.catch_up(about=_registration(by, value)):
             raise CopyBehind(value)
         rows = await ctx.db.fetch(USER_LOOKUPS[by], **{by: value})
     return UserCopy(**dict(rows[0])) if rows else None
+
+
+def _client_registration(event: Event) -> bool:
+    return isinstance(event, UserRegistered) and event.data.user.role == "client"
+
+
+def _registration(by: str, value: object) -> Callable[[Event], bool]:
+    """The sign-up of the user looked up (by id or email)."""
+
+    def about(event: Event) -> bool:
+        return isinstance(event, UserRegistered) and getattr(event.data.user, by) == value
+
+    return about
 
 
 async def _caller(ctx: ConnectionsContext, identity: Identity) -> UserCopy:
@@ -370,7 +385,12 @@ def connection_json(row: Mapping[str, Any]) -> dict[str, Any]:
 async def list_connections(
     ctx: ConnectionsContext, *, identity: Identity, status: str | None, limit: int, offset: int
 ) -> list[dict[str, Any]]:
-    await ctx.catch_up()  # an email invite bound by a sign-up a moment ago shows up
+    # An email invite bound by a sign-up a moment ago shows up: the caller's own sign-up
+    # for a client; any client's for a professional (whose invite it may bind).
+    if identity.role == "client":
+        await ctx.catch_up(about=_registration("id", identity.user_id))
+    else:
+        await ctx.catch_up(about=_client_registration)
     stmt = LIST_STATEMENTS[(identity.role, status is not None)]
     params: dict[str, Any] = {"uid": identity.user_id, "limit": limit, "offset": offset}
     if status is not None:

@@ -45,7 +45,7 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
 
 
 def context(db: Database, *, current: bool = True) -> ActivitiesContext:
-    async def catch_up() -> bool:  # the read barrier's answer, as the test wants it
+    async def catch_up(about: object = None) -> bool:  # the barrier, as the test wants it
         return current
 
     return ActivitiesContext(db=db, catch_up=catch_up)

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from services.common.consumer import Consumer, ReadBarrier, Units, dead_letter_stream, route
 from services.common.db import Database
 from services.common.events import Event, UserRegistered
+from services.common.outbox import encode
 
 from ..api import eventually
 from ..infra import RedisServer
@@ -214,3 +215,31 @@ async def test_units_fall_back_to_one_by_one_around_a_failing_event(
         assert await _notes(database) == [f"user{i}@example.com" for i in (11, 12, 14)]
         # The failing one is pending, to be retried; the others are acknowledged.
         assert (await redis_client.xpending(stream, GROUP))["pending"] == 1
+
+
+async def _publish_row(redis: aioredis.Redis, stream: str, event: Event, row: int) -> None:
+    """As the outbox relay appends: the event and the outbox row it came from."""
+    data = await encode(event.to_json(), event_id=str(event.event_id), event_type=event.type)
+    await redis.xadd(stream, {"__data__": data, "row": row})
+
+
+async def test_barrier_waits_for_a_change_the_gateway_saw_answered(
+    redis_client: aioredis.Redis, stream: str
+) -> None:
+    """A change answered before its event reached the stream (Redis was down, a slow relay)
+    is passed on by the gateway as its outbox row: the barrier waits until an entry that
+    new is on the stream and handled, instead of deciding on what is there now."""
+    handler = Recorder()
+    barrier = ReadBarrier(redis_client, group=GROUP, streams=[stream])
+    consumer = consumer_for(redis_client, stream, handler, barrier)
+    async with consuming(consumer), barrier_running(barrier):
+        await _publish_row(redis_client, stream, user_event(1), row=5)
+        assert await barrier.wait(within=5, after={stream: 5})
+        assert not await barrier.wait(within=0.3, after={stream: 7})  # row 7 not out yet
+        waiting = asyncio.create_task(barrier.wait(within=10, after={stream: 7, "other": 9}))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        late = user_event(2)
+        await _publish_row(redis_client, stream, late, row=7)
+        assert await waiting
+        assert late.event_id in handler.handled  # applied, not merely on the stream
