@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
+from pathlib import Path
 
 import pytest
 
 from ..api import Api, eventually
 from ..stack import SERVICES, Stack
 
-DEPENDENCIES = ("redis", *SERVICES, "notifications")
+ROOT = Path(__file__).resolve().parents[2]
 # The private stack logs each request (the access log is at INFO), so a test can count
 # how often the gateway asked a service for its health.
 EXTRA_STACK_ENV = {"LOG_LEVEL": "INFO"}
@@ -115,12 +117,30 @@ async def test_health_degraded_while_a_service_is_down(
             assert reply.headers.get("X-Request-Id")
         # Liveness says the gateway itself serves: a load balancer keeps it.
         assert_ok(await extra_api.call("GET", "/api/health/live"))
+        # The container health check (docker-compose.yml) sees the gateway as unready.
+        assert await _container_check(extra_stack.gateway_url + "/api/health") == 1
+        assert await _container_check(extra_stack.gateway_url + "/api/health/live") == 0
         with pytest.raises(OSError):
             await direct.call("GET", "/health")
     # service_down restarted it and waited: health is whole again, the service's own too.
     assert_ok(await eventually(lambda: _ok(extra_api), within=5))
     reply = await direct.call("GET", "/health")
     assert reply.status == 200 and reply.body["service"] == name
+
+
+async def test_the_container_health_check_passes_on_every_process(stack: Stack) -> None:
+    """`python -m services.common.healthcheck URL`, as docker-compose.yml runs it."""
+    assert await _container_check(stack.gateway_url + "/api/health") == 0
+    for name in SERVICES:
+        assert await _container_check(stack.service_url(name) + "/health") == 0
+    assert await _container_check(stack.gateway_url + "/api/nothing-here") == 1
+
+
+async def _container_check(url: str) -> int:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.common.healthcheck", url, cwd=ROOT
+    )
+    return await asyncio.wait_for(proc.wait(), 30)
 
 
 async def _ok(api: Api):
