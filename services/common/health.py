@@ -22,14 +22,22 @@ class CachedCheck(Generic[T]):
     """The result of an async check, computed at most once per `ttl` seconds.
 
     Within `ttl` of the last result every caller gets it as it is. After that, the first
-    caller starts one check and every caller meanwhile awaits that same check (single
-    flight): a burst of probes costs one round of I/O, never one per probe. A caller that
-    goes away does not cancel the check the others are waiting for.
+    caller starts one check and waits for it; callers that come while it runs get the
+    previous result at once if it is younger than `max_stale` (so a dependency that hangs
+    until the probe's timeout does not hold every probe), else they await the same check
+    (single flight): a burst of probes costs one round of I/O, never one per probe. A
+    caller that goes away does not cancel the check the others are waiting for.
     """
 
-    def __init__(self, check: Callable[[], Awaitable[T]], ttl: float = READY_TTL_SECONDS) -> None:
+    def __init__(
+        self,
+        check: Callable[[], Awaitable[T]],
+        ttl: float = READY_TTL_SECONDS,
+        max_stale: float = READY_TTL_SECONDS + PROBE_TIMEOUT_SECONDS + 1,
+    ) -> None:
         self._check = check
         self._ttl = ttl
+        self._max_stale = max_stale
         self._value: T | None = None
         self._at = -math.inf
         self._inflight: asyncio.Task[T] | None = None
@@ -37,10 +45,13 @@ class CachedCheck(Generic[T]):
 
     async def get(self) -> T:
         loop = asyncio.get_running_loop()
-        if self._value is not None and loop.time() - self._at < self._ttl:
+        age = loop.time() - self._at
+        if self._value is not None and age < self._ttl:
             return self._value
         if self._inflight is None:
             self._inflight = loop.create_task(self._run(), name="health-check")
+        elif self._value is not None and age < self._max_stale:
+            return self._value
         return await asyncio.shield(self._inflight)
 
     async def _run(self) -> T:

@@ -44,6 +44,30 @@ async def test_the_result_is_reused_within_the_ttl_then_recomputed() -> None:
     assert check.calls == 2
 
 
+async def test_callers_during_a_refresh_get_the_last_answer_at_once() -> None:
+    check = Counting(delay=0.3)
+    cached = CachedCheck(check, ttl=0.05, max_stale=5)
+    assert await cached.get() == 1
+    await asyncio.sleep(0.06)
+    refresh = asyncio.create_task(cached.get())  # starts the second check and waits for it
+    await asyncio.sleep(0.01)
+    started = asyncio.get_running_loop().time()
+    assert await asyncio.gather(*(cached.get() for _ in range(100))) == [1] * 100
+    assert asyncio.get_running_loop().time() - started < 0.1  # none waited for the check
+    assert await refresh == 2
+    assert await cached.get() == 2
+    assert check.calls == 2
+
+
+async def test_an_answer_older_than_max_stale_is_not_served() -> None:
+    check = Counting(delay=0.1)
+    cached = CachedCheck(check, ttl=0.01, max_stale=0.05)
+    assert await cached.get() == 1
+    await asyncio.sleep(0.06)
+    assert await asyncio.gather(cached.get(), cached.get(), cached.get()) == [2, 2, 2]
+    assert check.calls == 2
+
+
 async def test_a_caller_that_goes_away_does_not_cancel_the_shared_check() -> None:
     check = Counting(delay=0.1)
     cached = CachedCheck(check, ttl=10)
