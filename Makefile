@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(PY) -m bench.lag_bench sqlite
 	$(PY) -m bench.lag_bench postgres
 	$(PY) -m bench.live_bench all
+	$(PY) -m bench.health_bench sqlite
 
 clean:
 	rm -rf var .pytest_cache

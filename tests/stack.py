@@ -50,6 +50,14 @@ async def _admin(url: str, statements: list[str]) -> None:
         await conn.close()
 
 
+def _answers_200(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 class Stack:
     """Services + gateway as subprocesses, on SQLite files or on PostgreSQL databases."""
 
@@ -146,18 +154,19 @@ class Stack:
                 proc.wait()
 
     def wait_healthy(self, timeout: float = 60.0, url: str | None = None) -> None:
-        url = url or self.gateway_url + "/api/health"
+        """Until every process is ready. Each service is asked itself first: the gateway's
+        readiness is cached for about a second, so right after a service restarts it may
+        still give the answer it had before the service stopped."""
+        urls = [url] if url else [self.service_url(n) + "/health" for n in SERVICES]
+        if not url:
+            urls.append(self.gateway_url + "/api/health")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited early:\n{self.logs(name)}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
+            if all(_answers_200(u) for u in urls):
+                return
             time.sleep(0.1)
         raise TimeoutError(f"stack not healthy after {timeout}s:\n{self.all_logs()}")
 

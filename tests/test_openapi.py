@@ -19,7 +19,7 @@ COMPONENTS = {
     "activities": (activities_api.ROUTES, activities_api.ERRORS),
     "gateway": (GATEWAY_ROUTES, {}),
 }
-INTERNAL = {"/health", "/openapi.json"}  # each service's own, never proxied
+INTERNAL = {"/health", "/health/live", "/openapi.json"}  # each service's own, never proxied
 PAGE, PAGE_ASSETS = {"/"}, "/static/"  # the gateway's demo page, not part of the API
 
 
@@ -127,6 +127,7 @@ def _possible(route: Route, errors: dict) -> set[int]:
         possible |= {404}
     possible |= {errors[e][0] for e in route.raises}
     possible |= set(route.extra_statuses)
+    possible |= set(route.other_bodies)
     return possible
 
 
@@ -153,3 +154,18 @@ async def test_documented_statuses_match_api_md_rows(document: dict) -> None:
     assert {200, 404, 409} <= statuses("/api/activities/respond", "post")
     assert {204, 404} <= statuses("/api/activities/{id}", "delete")
     assert {200, 503} <= statuses("/api/health", "get")
+
+
+async def test_health_documents_its_json_answers(document: dict) -> None:
+    """Readiness answers 503 with its own JSON body (not a problem); liveness is public."""
+    schemas = document["components"]["schemas"]
+    health = document["paths"]["/api/health"]["get"]
+    assert "security" not in health
+    for status in ("200", "503"):
+        content = health["responses"][status]["content"]
+        assert list(content) == ["application/json"], (status, content)
+        ref = content["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+        assert set(schemas[ref]["properties"]) == {"status", "down"}
+    live = document["paths"]["/api/health/live"]["get"]
+    assert "security" not in live
+    assert "application/json" in live["responses"]["200"]["content"]

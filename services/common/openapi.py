@@ -6,7 +6,7 @@ merges the parts into the one public document at `/api/openapi.json`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -64,6 +64,8 @@ class Route:
     raises: Sequence[type[Exception]] = ()  # domain errors, statuses from the ERRORS table
     query: Sequence[dict[str, Any]] = ()
     extra_statuses: Sequence[int] = ()  # statuses the handler answers itself (e.g. 429)
+    # Statuses answered with a JSON body of a model instead of a problem (health's 503).
+    other_bodies: Mapping[int, type[BaseModel]] = field(default_factory=dict)
     tags: Sequence[str] = field(default_factory=tuple)
 
     def statuses(self, errors: DomainErrors) -> set[int]:
@@ -81,6 +83,7 @@ class Route:
             found.add(404)
         found |= {errors[e][0] for e in self.raises}
         found |= set(self.extra_statuses)
+        found |= set(self.other_bodies)
         return found
 
 
@@ -114,6 +117,7 @@ def document_paths(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """OpenAPI `paths` and `components.schemas` for these routes."""
     models = [r.body for r in routes if r.body] + [r.response for r in routes if r.response]
+    models += [m for r in routes for m in r.other_bodies.values()]
     refs, components = _schema_of(models)
     paths: dict[str, Any] = {}
     for route in routes:
@@ -144,6 +148,9 @@ def document_paths(
                 response["content"] = {
                     "application/json": {"schema": _response_schema(route, refs)}
                 }
+            elif status in route.other_bodies:
+                ref = {"$ref": refs[route.other_bodies[status]]}
+                response["content"] = {"application/json": {"schema": ref}}
             elif status >= 400:
                 codes = sorted(
                     {c for e, (s, c, _) in errors.items() if s == status and e in route.raises}

@@ -24,6 +24,7 @@ from redis.retry import Retry
 from .consumer import Consumer, CopyBehind, Handler, ReadBarrier
 from .db import Database
 from .events import Event
+from .health import CachedCheck, health_response, probe
 from .migrations import upgrade
 from .openapi import Route, openapi_handler, register
 from .outbox import READ_AFTER_HEADER, Outbox, OutboxMixin, parse_positions
@@ -33,7 +34,6 @@ from .tokens import RevocationList, TokenVerifier, ensure_dev_keys, load_public_
 from .web import (
     base_app,
     configure_logging,
-    json_response,
     redis_key,
     revocations_key,
     verifier_key,
@@ -48,6 +48,7 @@ consumer_key = web.AppKey("consumer", Consumer)
 settings_key = web.AppKey("settings", CommonSettings)
 barrier_key = web.AppKey("barrier", ReadBarrier)
 catch_up_key = web.AppKey("catch_up", object)
+readiness_key = web.AppKey("readiness", CachedCheck)
 
 CleanupCtx = Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]
 
@@ -220,28 +221,23 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Appl
     app.cleanup_ctx.extend(
         [database_ctx, redis_ctx, relay_ctx, use_case_ctx, *spec.contexts, consumer_ctx]
     )
+    app.cleanup_ctx.append(readiness_ctx)
     app.router.add_get("/health", health)
+    app.router.add_get("/health/live", live)
     app.router.add_get("/openapi.json", openapi_handler(spec.routes, spec.errors))
     register(app, spec.routes)
     return app
 
 
-async def health(request: web.Request) -> web.Response:
-    """Liveness of this service's dependencies: database, Redis, relay and consumer."""
-    app = request.app
-    checks: dict[str, Any] = {}
-
-    async def probe(name: str, coro: Any) -> None:
-        try:
-            async with asyncio.timeout(2):
-                await coro
-            checks[name] = {"status": "ok"}
-        except Exception as exc:
-            checks[name] = {"status": "down", "error": type(exc).__name__}
-
-    await asyncio.gather(
-        probe("database", app[db_key].ping()), probe("redis", app[redis_key].ping())
+async def _readiness(app: web.Application) -> dict[str, Any]:
+    """This service's dependencies: database, Redis, relay and consumer, with counters."""
+    db_failure, redis_failure = await asyncio.gather(
+        probe(app[db_key].ping()), probe(app[redis_key].ping())
     )
+    checks: dict[str, Any] = {
+        "database": {"status": "down", "error": db_failure} if db_failure else {"status": "ok"},
+        "redis": {"status": "down", "error": redis_failure} if redis_failure else {"status": "ok"},
+    }
     outbox = app[outbox_key]
     checks["outbox_relay"] = {
         "status": "down" if outbox.last_error else "ok",
@@ -256,12 +252,32 @@ async def health(request: web.Request) -> web.Response:
             "dead_lettered": consumer.dead_lettered,
         }
     ok = all(c["status"] == "ok" for c in checks.values())
-    body = {
+    return {
         "status": "ok" if ok else "degraded",
         "service": app[settings_key].service_name,
         "checks": checks,
     }
-    return json_response(body, status=200 if ok else 503)
+
+
+async def health(request: web.Request) -> web.Response:
+    """Readiness with details, on the service's own port only (the gateway does not proxy
+    it). Computed at most about once a second, however often it is asked."""
+    body = await request.app[readiness_key].get()
+    return health_response(body, body["status"] == "ok")
+
+
+async def live(request: web.Request) -> web.Response:
+    """Liveness: the process serves requests (no I/O)."""
+    return health_response(
+        {"status": "ok", "service": request.app[settings_key].service_name}, True
+    )
+
+
+async def readiness_ctx(app: web.Application) -> AsyncIterator[None]:
+    check: CachedCheck[dict[str, Any]] = CachedCheck(lambda: _readiness(app))
+    app[readiness_key] = check
+    yield
+    await check.close()
 
 
 def trusted_networks(values: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
