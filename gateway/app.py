@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from services.common.consumer import ReadBarrier
 from services.common.health import CachedCheck, health_response, probe
 from services.common.health import live as liveness
 from services.common.openapi import Route, document_paths, merge, register
@@ -33,6 +34,8 @@ from . import live
 from .config import GatewaySettings
 from .cors import cors_middleware
 from .hub import Hub
+from .notifier import GROUP as NOTIFIER_GROUP
+from .notifier import STREAMS as NOTIFIER_STREAMS
 from .notifier import Notifier
 from .proxy import Positions, forward, positions_key, session_key
 
@@ -209,10 +212,16 @@ async def live_ctx(app: web.Application) -> AsyncIterator[None]:
     hub = Hub(redis)
     app[live.hub_key] = hub
     app[notifier_key] = Notifier(redis, instance=f"gateway-{settings.instance_id}-{os.getpid()}")
+    # GET /api/notifications right after a change lists its notification (the notifier's
+    # own read barrier; its consumer wakes it).
+    barrier = ReadBarrier(redis, group=NOTIFIER_GROUP, streams=NOTIFIER_STREAMS)
+    app[live.barrier_key] = barrier
+    app[notifier_key].consumer.on_settled = barrier.kick
     async with (
         background(hub.listen(), "hub-listen"),
         background(hub.sweep_revoked(), "hub-revocations"),
         background(app[notifier_key].run(), "notifier"),
+        background(barrier.run(), "notifier-read-barrier"),
     ):
         yield
 

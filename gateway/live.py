@@ -8,13 +8,16 @@ import re
 
 from aiohttp import WSMsgType, web
 
+from services.common.consumer import ReadBarrier
 from services.common.problems import Problem
 from services.common.web import authenticate, bearer_token, query_int, verify_token
 
 from .hub import Conn, Hub, entry_frame
 from .notifier import log_key
+from .proxy import positions_key
 
 hub_key = web.AppKey("hub", Hub)
+barrier_key = web.AppKey("notifier_barrier", ReadBarrier)
 HEARTBEAT_SECONDS = 20.0  # a ping every 20 s; no pong within 10 s drops the socket
 SINCE = re.compile(r"\d{1,20}(-\d{1,20})?")
 MAX_STREAM_PART = 2**64 - 1
@@ -86,6 +89,14 @@ async def notifications(request: web.Request) -> web.Response:
     identity = await authenticate(request)
     since = _since(request)
     limit = query_int(request, "limit", 50, 1, 200)
+    # A change answered a moment ago, by anyone, that notifies the caller is listed: wait
+    # (briefly) until the notifier has appended what is in flight for them. On a timeout
+    # the log is served as it is; the notification follows on the socket.
+    if barrier_key in request.app:
+        await request.app[barrier_key].wait(
+            about=lambda event: identity.user_id in event.recipient_ids,
+            after=request.app[positions_key].rows if positions_key in request.app else None,
+        )
     entries = await request.app[hub_key].redis.xrange(
         log_key(identity.user_id), min=f"({since}" if since else "-", count=limit
     )

@@ -62,3 +62,22 @@ async def test_positions_are_the_gateways_own(api: Api) -> None:
     )
     assert reply.status == 201, reply.text
     assert time.perf_counter() - started < 0.9  # not held for a row that will never come
+
+
+async def test_a_notification_is_listed_as_soon_as_its_change_returned(api: Api) -> None:
+    """No polling: the list right after the reply holds the notification it caused."""
+    for _ in range(5):
+        pro = await api.signup("professional")
+        client = await api.signup("client")
+        await connect(api, pro, client)
+        activity = await create(api, pro, title="Group")
+        invited = await api.call(
+            "POST",
+            "/api/activities/invite",
+            json={"activity_id": activity["id"], "client_id": client.id},
+            token=pro.token,
+        )
+        assert invited.status == 201, invited.text
+        listed = await api.call("GET", "/api/notifications", token=client.token)
+        assert listed.status == 200
+        assert [n["type"] for n in listed.body][-1] == "activity.invited", listed.body
