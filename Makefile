@@ -44,6 +44,8 @@ bench: $(STAMP)
 	$(PY) -m bench.rest_bench postgres
 	$(PY) -m bench.lag_bench sqlite
 	$(PY) -m bench.lag_bench postgres
+	$(PY) -m bench.consistency_bench sqlite
+	$(PY) -m bench.consistency_bench postgres
 	$(PY) -m bench.live_bench all
 	$(PY) -m bench.health_bench sqlite
 
