@@ -21,7 +21,7 @@ import redis.exceptions
 from aiohttp import WSCloseCode, web
 from redis.asyncio import Redis
 
-from services.common.tasks import honour_cancellation
+from services.common.tasks import ErrorOnce, honour_cancellation
 from services.common.tokens import REVOCATION_CHANNEL, Identity
 
 from .notifier import SIGNAL_CHANNEL, frame, log_key, parse_signal
@@ -147,6 +147,7 @@ class Hub:
         self.connected = False
         self.sent = 0
         self.closing: set[asyncio.Task[None]] = set()
+        self._errors = ErrorOnce(log, "socket hub")
 
     def add(self, conn: Conn) -> None:
         self.by_user[conn.identity.user_id].add(conn)
@@ -239,8 +240,10 @@ class Hub:
                         self.revoke(message["data"])
             except asyncio.CancelledError:
                 raise
-            except (redis.exceptions.RedisError, OSError) as exc:
-                if self.connected:
+            except Exception as exc:
+                if not isinstance(exc, redis.exceptions.RedisError | OSError):
+                    self._errors.note(exc)  # a bug: once, with its traceback
+                elif self.connected:
                     log.warning("notification signal lost, reconnecting: %r", exc)
                 self.connected = False
                 await asyncio.sleep(backoff)
@@ -264,6 +267,9 @@ class Hub:
                         )
                     flags = await pipe.execute()
             except (redis.exceptions.RedisError, OSError):
+                continue
+            except Exception as exc:
+                self._errors.note(exc)
                 continue
             honour_cancellation()
             for conn, revoked in zip(conns, flags, strict=True):

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 
 from services.common.consumer import Consumer
 from services.common.events import ACTIVITIES_STREAM, CONNECTIONS_STREAM, Event, format_timestamp
-from services.common.tasks import honour_cancellation
+from services.common.tasks import ErrorOnce, honour_cancellation
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ class Notifier:
         )
         self.leader = False
         self.appended = 0
+        self._errors = ErrorOnce(log, "notifier")
 
     async def notify(self, event: Event) -> None:
         recipients = sorted(set(event.recipient_ids))
@@ -150,8 +151,9 @@ class Notifier:
                     await asyncio.sleep(RENEW_SECONDS / 2)
             except asyncio.CancelledError:
                 raise
-            except (redis.exceptions.RedisError, OSError) as exc:
-                log.warning("notifier waiting for Redis: %r", exc)
+            except Exception as exc:
+                expected = isinstance(exc, redis.exceptions.RedisError | OSError)
+                self._errors.note(exc, expected=expected)
                 self.consumer.recovering = True  # settle before the next lead consumes
                 await asyncio.sleep(1)
 

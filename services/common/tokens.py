@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from redis.asyncio import Redis
 
-from .tasks import honour_cancellation
+from .tasks import ErrorOnce, honour_cancellation
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,7 @@ class RevocationList:
         self._redis = redis
         # Key -> expiry (epoch seconds), while following and in step; None otherwise.
         self._local: dict[str, float] | None = None
+        self._errors = ErrorOnce(log, "revocation copy")
 
     @staticmethod
     def _ttl(expires_at: int) -> int:
@@ -265,6 +266,11 @@ class RevocationList:
             except (redis.exceptions.RedisError, OSError) as exc:
                 if self._local is not None:
                     log.warning("revocation copy dropped, checking Redis meanwhile: %r", exc)
+                self._local = None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except Exception as exc:  # a bug: said once, with its traceback; checks go to Redis
+                self._errors.note(exc)
                 self._local = None
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
