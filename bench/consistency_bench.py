@@ -47,82 +47,55 @@ async def run(base: str) -> None:
         pro = await api.signup("professional")
         clients = await asyncio.gather(*(api.signup("client") for _ in range(CLIENTS)))
 
-        async def client_loop(client) -> None:
+        async def connect_and_invite(client, title: str) -> tuple[int | None, int | None]:
+            """Request, accept, then invite at once: (connection id, invite id) or Nones."""
             nonlocal refused
-            for _ in range(ROUNDS):
-                activity = await api.call(
-                    "POST", "/api/activities/", json={"title": "Session"}, token=pro.token
-                )
-                statuses[f"create {activity.status}"] += 1
-                req = await api.call(
-                    "POST",
-                    "/api/connection/request-pro",
-                    json={"professional_id": pro.id},
-                    token=client.token,
-                )
-                statuses[f"request {req.status}"] += 1
-                if req.status != 201:
-                    continue
-                conn_id = req.body["id"]
-                acc = await api.call(
-                    "POST",
-                    "/api/connection/respond",
-                    json={"connection_id": conn_id, "action": "accept"},
-                    token=pro.token,
-                )
-                statuses[f"accept {acc.status}"] += 1
-                if acc.status != 200:
-                    continue
-                t0 = time.perf_counter()
-                inv = await api.call(
-                    "POST",
-                    "/api/activities/invite",
-                    json={"activity_id": activity.body["id"], "client_id": client.id},
-                    token=pro.token,
-                )
-                invite_ms.append((time.perf_counter() - t0) * 1000)
-                statuses[f"invite {inv.status}"] += 1
-                if inv.status == 403:
-                    refused += 1
-                elif inv.status == 201:
-                    made[inv.body["id"]] = client.id
-                rem = await api.call("DELETE", f"/api/connection/{conn_id}", token=client.token)
-                statuses[f"remove {rem.status}"] += 1
-                # The invite above was cancelled by this removal (it is the pair's own);
-                # the next round's invite is made after it and must survive it.
-                if inv.status == 201:
-                    made.pop(inv.body["id"], None)
-
-            # A last connection whose invite must stay pending.
+            activity = await api.call(
+                "POST", "/api/activities/", json={"title": title}, token=pro.token
+            )
+            statuses[f"create {activity.status}"] += 1
             req = await api.call(
                 "POST",
                 "/api/connection/request-pro",
                 json={"professional_id": pro.id},
                 token=client.token,
             )
-            if req.status == 201:
-                await api.call(
-                    "POST",
-                    "/api/connection/respond",
-                    json={"connection_id": req.body["id"], "action": "accept"},
-                    token=pro.token,
-                )
-                activity = await api.call(
-                    "POST", "/api/activities/", json={"title": "Last"}, token=pro.token
-                )
-                t0 = time.perf_counter()
-                inv = await api.call(
-                    "POST",
-                    "/api/activities/invite",
-                    json={"activity_id": activity.body["id"], "client_id": client.id},
-                    token=pro.token,
-                )
-                invite_ms.append((time.perf_counter() - t0) * 1000)
-                statuses[f"invite {inv.status}"] += 1
-                if inv.status == 403:
-                    refused += 1
-                elif inv.status == 201:
-                    made[inv.body["id"]] = client.id
+            statuses[f"request {req.status}"] += 1
+            if req.status != 201:
+                return None, None
+            acc = await api.call(
+                "POST",
+                "/api/connection/respond",
+                json={"connection_id": req.body["id"], "action": "accept"},
+                token=pro.token,
+            )
+            statuses[f"accept {acc.status}"] += 1
+            if acc.status != 200:
+                return req.body["id"], None
+            t0 = time.perf_counter()
+            inv = await api.call(
+                "POST",
+                "/api/activities/invite",
+                json={"activity_id": activity.body["id"], "client_id": client.id},
+                token=pro.token,
+            )
+            invite_ms.append((time.perf_counter() - t0) * 1000)
+            statuses[f"invite {inv.status}"] += 1
+            refused += inv.status == 403
+            return req.body["id"], inv.body["id"] if inv.status == 201 else None
+
+        async def client_loop(client) -> None:
+            for _ in range(ROUNDS):
+                conn_id, _invite_id = await connect_and_invite(client, "Session")
+                if conn_id is None:
+                    continue
+                # This removal cancels the pair's own invite above; the next round's
+                # invite is made after it returned and must survive it.
+                rem = await api.call("DELETE", f"/api/connection/{conn_id}", token=client.token)
+                statuses[f"remove {rem.status}"] += 1
+            _conn_id, invite_id = await connect_and_invite(client, "Last")
+            if invite_id is not None:
+                made[invite_id] = client.id  # must still be pending at the end
 
         started = time.perf_counter()
         await asyncio.gather(*(client_loop(c) for c in clients))

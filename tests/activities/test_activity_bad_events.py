@@ -20,7 +20,7 @@ from services.common.events import (
 from services.common.outbox import encode
 
 from ..api import Api
-from .conftest import connect, create
+from .conftest import connect, create, invite_reply
 
 
 async def _put(redis: aioredis.Redis, event: Event) -> None:
@@ -52,12 +52,7 @@ async def test_a_failing_event_holds_up_no_invite(api: Api, stack_redis: aioredi
         client = await api.signup("client")
         await connect(api, pro, client)  # published after the poison: handled past it
         started = time.perf_counter()
-        reply = await api.call(
-            "POST",
-            "/api/activities/invite",
-            json={"activity_id": activity["id"], "client_id": client.id},
-            token=pro.token,
-        )
+        reply = await invite_reply(api, pro, activity["id"], client.id)
         took.append(time.perf_counter() - started)
         assert reply.status == 201, reply.text
     # The old barrier waited out its 1 s timeout on every call until the dead letter.
@@ -74,12 +69,7 @@ async def test_unknown_event_types_are_skipped_not_dead_lettered(
     client = await api.signup("client")
     await connect(api, pro, client)
     activity = await create(api, pro, title="Group")
-    reply = await api.call(
-        "POST",
-        "/api/activities/invite",
-        json={"activity_id": activity["id"], "client_id": client.id},
-        token=pro.token,
-    )
+    reply = await invite_reply(api, pro, activity["id"], client.id)
     assert reply.status == 201, reply.text
     await asyncio.sleep(0.5)
     for group in ("activities", "auth", "notifier"):

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from ..api import Api
-from .conftest import connect, create
+from .conftest import connect, create, invite_reply
 
 
 async def test_invite_right_after_the_clients_accept_is_never_refused(api: Api) -> None:
@@ -31,12 +31,7 @@ async def test_invite_right_after_the_clients_accept_is_never_refused(api: Api) 
             token=client.token,
         )
         assert answered.status == 200, answered.text
-        reply = await api.call(
-            "POST",
-            "/api/activities/invite",
-            json={"activity_id": activity["id"], "client_id": client.id},
-            token=pro.token,
-        )
+        reply = await invite_reply(api, pro, activity["id"], client.id)
         return reply.status
 
     statuses = await asyncio.gather(*(one() for _ in range(12)))
@@ -71,12 +66,7 @@ async def test_a_notification_is_listed_as_soon_as_its_change_returned(api: Api)
         client = await api.signup("client")
         await connect(api, pro, client)
         activity = await create(api, pro, title="Group")
-        invited = await api.call(
-            "POST",
-            "/api/activities/invite",
-            json={"activity_id": activity["id"], "client_id": client.id},
-            token=pro.token,
-        )
+        invited = await invite_reply(api, pro, activity["id"], client.id)
         assert invited.status == 201, invited.text
         listed = await api.call("GET", "/api/notifications", token=client.token)
         assert listed.status == 200

@@ -1,4 +1,4 @@
-"""ErrorOnce: a background loop's trouble is logged once per distinct error, bugs with a traceback."""
+"""ErrorOnce: a loop's trouble is logged once per distinct error, a bug with its traceback."""
 
 from __future__ import annotations
 
