@@ -37,6 +37,30 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         },
     },
 }
+# The IETF httpapi draft's header, accepted on every POST, PATCH and DELETE.
+IDEMPOTENT_METHODS = frozenset({"POST", "PATCH", "DELETE"})
+IDEMPOTENCY_PARAM: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": (
+        "Makes a retry safe: the same key with the same request from the same caller within "
+        "24 h gets the first 2xx answer again (with `Idempotent-Replayed: true`) and nothing "
+        "is applied twice. The same key with another request is 422 "
+        "`idempotency_key_reused`; while the first is still running, 409 "
+        "`idempotency_key_in_flight`. 1-255 visible ASCII characters, optionally quoted."
+    ),
+    "schema": {"type": "string", "minLength": 1, "maxLength": 257, "pattern": "^[!-~]+$"},
+}
+IDEMPOTENCY_CODES = {
+    400: "invalid_idempotency_key",
+    409: "idempotency_key_in_flight",
+    422: "idempotency_key_reused",
+}
+REPLAYED_HEADER: dict[str, Any] = {
+    "description": "`true` when this is the recorded answer to an earlier request",
+    "schema": {"type": "string", "enum": ["true"]},
+}
 PAGE_PARAMS = [
     {
         "name": "limit",
@@ -65,6 +89,9 @@ class Route:
     query: Sequence[dict[str, Any]] = ()
     extra_statuses: Sequence[int] = ()  # statuses the handler answers itself (e.g. 429)
     tags: Sequence[str] = field(default_factory=tuple)
+    # What the use case's result becomes in the answer, when it is not a `response` model
+    # itself (None: no answer can be told from it); used to record idempotent answers.
+    reply: Callable[[Any], BaseModel | None] | None = None
 
     def statuses(self, errors: DomainErrors) -> set[int]:
         """Every status this route can answer, from its declaration alone."""
@@ -81,6 +108,8 @@ class Route:
             found.add(404)
         found |= {errors[e][0] for e in self.raises}
         found |= set(self.extra_statuses)
+        if self.method in IDEMPOTENT_METHODS:
+            found |= set(IDEMPOTENCY_CODES)
         return found
 
 
@@ -131,6 +160,8 @@ def document_paths(
             params.append(
                 {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
             )
+        if route.method in IDEMPOTENT_METHODS:
+            params.append(dict(IDEMPOTENCY_PARAM))
         if params:
             op["parameters"] = params
         if route.body is not None:
@@ -144,12 +175,14 @@ def document_paths(
                 response["content"] = {
                     "application/json": {"schema": _response_schema(route, refs)}
                 }
+            if status == route.status and route.method in IDEMPOTENT_METHODS:
+                response["headers"] = {"Idempotent-Replayed": REPLAYED_HEADER}
             elif status >= 400:
-                codes = sorted(
-                    {c for e, (s, c, _) in errors.items() if s == status and e in route.raises}
-                )
+                codes = {c for e, (s, c, _) in errors.items() if s == status and e in route.raises}
+                if route.method in IDEMPOTENT_METHODS and status in IDEMPOTENCY_CODES:
+                    codes.add(IDEMPOTENCY_CODES[status])
                 if codes:
-                    response["description"] += f" (code: {', '.join(codes)})"
+                    response["description"] += f" (code: {', '.join(sorted(codes))})"
                 response["content"] = {
                     "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
                 }

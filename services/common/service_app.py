@@ -22,6 +22,7 @@ from redis.retry import Retry
 
 from .consumer import Consumer, Handler, wait_caught_up
 from .db import Database
+from .idempotency import Idempotency, IdempotencyMixin
 from .migrations import upgrade
 from .openapi import Route, openapi_handler, register
 from .outbox import Outbox, OutboxMixin
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 db_key = web.AppKey("db", Database)
 outbox_key = web.AppKey("outbox", Outbox)
 consumer_key = web.AppKey("consumer", Consumer)
+idempotency_key = web.AppKey("idempotency", Idempotency)
 settings_key = web.AppKey("settings", CommonSettings)
 catch_up_key = web.AppKey("catch_up", object)
 
@@ -62,6 +64,7 @@ class Subscription:
 class ServiceSpec:
     name: str
     outbox_model: type[OutboxMixin]
+    idempotency_model: type[IdempotencyMixin]
     routes: Sequence[Route]
     errors: DomainErrors
     migrations: Path
@@ -69,6 +72,9 @@ class ServiceSpec:
     # The use cases' context: stored under the key, built with `db=` and `catch_up=`.
     context: tuple[web.AppKey[Any], Callable[..., Any]] | None = None
     contexts: list[Any] = field(default_factory=list)
+    # The secret that protects recorded answers of anonymous routes (see idempotency.py);
+    # without one those routes take an Idempotency-Key but record nothing.
+    idempotency_secret: Callable[[], bytes] | None = None
 
 
 REDIS_POOL_SIZE = 64
@@ -118,13 +124,19 @@ async def background(coro: Any, name: str) -> AsyncIterator[asyncio.Task[Any]]:
 
 
 @web.middleware
+async def idempotent(request: web.Request, handler: Any) -> web.StreamResponse:
+    return await request.app[idempotency_key].middleware(request, handler)
+
+
+@web.middleware
 async def publish_before_reply(request: web.Request, handler: Any) -> web.StreamResponse:
     return await request.app[outbox_key].middleware(request, handler)
 
 
 def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Application:
     app = base_app(
-        settings, middlewares=[domain_error_middleware(spec.errors), publish_before_reply]
+        settings,
+        middlewares=[idempotent, domain_error_middleware(spec.errors), publish_before_reply],
     )
     app[settings_key] = settings
     app[verifier_key] = verifier_for(settings)
@@ -132,7 +144,12 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Appl
     async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         db = Database(settings.database_url or "")
         app[db_key] = db
-        yield
+        # Registered before the outbox's hooks (relay_ctx), as Idempotency requires.
+        secret = spec.idempotency_secret() if spec.idempotency_secret else None
+        idempotency = Idempotency(db, spec.idempotency_model, spec.routes, secret=secret)
+        app[idempotency_key] = idempotency
+        async with background(idempotency.purge_forever(), f"{spec.name}-idempotency-purge"):
+            yield
         await db.dispose()
 
     async def relay_ctx(app: web.Application) -> AsyncIterator[None]:
