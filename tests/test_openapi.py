@@ -127,6 +127,8 @@ def _possible(route: Route, errors: dict) -> set[int]:
         possible |= {404}
     possible |= {errors[e][0] for e in route.raises}
     possible |= set(route.extra_statuses)
+    if route.method in {"POST", "PATCH", "DELETE"}:  # Idempotency-Key: bad, in flight, reused
+        possible |= {400, 409, 422} if route.auth else {400, 409}
     return possible
 
 

@@ -50,7 +50,8 @@ IDEMPOTENCY_PARAM: dict[str, Any] = {
         "`idempotency_key_reused`; while the first is still running, 409 "
         "`idempotency_key_in_flight`. 1-255 visible ASCII characters, optionally quoted."
     ),
-    "schema": {"type": "string", "minLength": 1, "maxLength": 257, "pattern": "^[!-~]+$"},
+    # Exactly what the services accept (idempotency.parse_key).
+    "schema": {"type": "string", "pattern": '^(?:[!#-~]{1,255}|"[!#-~]{1,255}")$'},
 }
 IDEMPOTENCY_CODES = {
     400: "invalid_idempotency_key",
@@ -109,7 +110,8 @@ class Route:
         found |= {errors[e][0] for e in self.raises}
         found |= set(self.extra_statuses)
         if self.method in IDEMPOTENT_METHODS:
-            found |= set(IDEMPOTENCY_CODES)
+            # 422 needs a caller: an anonymous request is scoped by its own body.
+            found |= {400, 409, 422} if self.auth else {400, 409}
         return found
 
 
