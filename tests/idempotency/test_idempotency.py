@@ -259,3 +259,10 @@ async def test_a_retried_refresh_replays_instead_of_revoking_the_session(api: Ap
         "POST", "/api/auth/refresh", json={"refresh_token": first.body["refresh_token"]}
     )
     assert nxt.status == 200
+
+
+def test_every_recorded_answer_was_the_real_one(stack: Stack) -> None:
+    """Runs last in this module: no service had to correct a record made in a transaction
+    (the route's declared answer always matched what the handler sent)."""
+    for name in ("auth", "connections", "activities"):
+        assert "idempotency:" not in stack.log_path(name).read_text(), stack.logs(name)
