@@ -128,7 +128,7 @@ def _possible(route: Route, errors: dict) -> set[int]:
     possible |= {errors[e][0] for e in route.raises}
     possible |= set(route.extra_statuses)
     if route.method in {"POST", "PATCH", "DELETE"}:  # Idempotency-Key: bad, in flight, reused
-        possible |= {400, 409, 422} if route.auth else {400, 409}
+        possible |= {400, 409, 422}
     return possible
 
 

@@ -79,7 +79,7 @@ class IdempotencyMixin:
     __tablename__ = "idempotency_keys"
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
-    # "user:<id>" for a signed-in caller, "anon:<keyed hash of the request>" otherwise.
+    # "user:<id>" for a signed-in caller, "anonymous" for signup, login and refresh.
     scope: Mapped[str] = mapped_column(String(80))
     key: Mapped[str] = mapped_column(String(255))
     fingerprint: Mapped[str] = mapped_column(String(64))  # method, path and body
@@ -145,6 +145,7 @@ class Pending:
     staged: Stored | None = None  # inserted in the current transaction
     recorded: Stored | None = None  # committed
     collided: bool = False  # the insert met another request's record
+    expired: bool = False  # the lookup met an expired record of this key
 
 
 def answer_of(route: Route, result: Any) -> Stored | None:
@@ -209,8 +210,8 @@ class Idempotency:
             return
         now = utcnow()
         ids = {"scope": pending.scope, "key": pending.key}
-        # An expired record of this key is no longer an answer: the key starts afresh.
-        session.execute(self._expired_one, {**ids, "before": now - TTL})
+        if pending.expired:  # no longer an answer: the key starts afresh
+            session.execute(self._expired_one, {**ids, "before": now - TTL})
         try:
             session.execute(
                 self._insert,
@@ -254,16 +255,17 @@ class Idempotency:
             fingerprint = hashlib.sha256(material).hexdigest()
             cipher_key = None
         elif self.secret is not None:
-            # Anonymous (signup, login, refresh): there is no caller to scope by, so the
-            # scope is the key's request itself, as a keyed hash. Only a client sending the
-            # very same body (the same password or refresh token) meets the record; two
-            # strangers who chose the same key never see or block each other (so a
-            # different body is a new request here, not a 422). The hash is keyed with the
-            # service's secret so the stored value is no fast test for a guessed password,
-            # and the answer (live tokens) is stored encrypted under a key derived from the
-            # body: the database alone cannot read it, as it cannot read refresh tokens.
+            # Anonymous (signup, login, refresh): there is no caller to scope by, so these
+            # keys share one scope and the key alone names the request (clients draw keys
+            # at random, e.g. UUIDs); the fingerprint still tells a replay (the very same
+            # body, so the same password or refresh token) from another request (422,
+            # which reveals nothing about the first). The fingerprint is keyed with the
+            # service's secret so that the stored value is no fast test of a guessed
+            # password, and the answer (live tokens) is stored encrypted under a key
+            # derived from the body and that secret: the database alone cannot read it,
+            # just as it cannot read refresh tokens (stored hashed).
             fingerprint = hmac.new(self.secret, material, hashlib.sha256).hexdigest()
-            scope = f"anon:{fingerprint}"
+            scope = "anonymous"
             cipher_key = hmac.new(self.secret, b"seal\n" + material, hashlib.sha256).digest()
         else:
             return await handler(request)  # no secret to protect anonymous answers with
@@ -338,7 +340,10 @@ class Idempotency:
     async def _find(self, pending: Pending) -> web.Response | None:
         """The recorded answer to replay (or 422 for another request under this key)."""
         rows = await self.db.fetch(self._lookup, scope=pending.scope, key=pending.key)
-        if not rows or rows[0]["created_at"] < utcnow() - TTL:
+        if not rows:
+            return None
+        if rows[0]["created_at"] < utcnow() - TTL:
+            pending.expired = True
             return None
         row = rows[0]
         if not hmac.compare_digest(row["fingerprint"], pending.fingerprint):
@@ -360,7 +365,7 @@ class Idempotency:
         if pending.cipher_key is None:
             return body.decode()
         nonce = os.urandom(12)
-        sealed = AESGCM(pending.cipher_key).encrypt(nonce, body, pending.scope.encode())
+        sealed = AESGCM(pending.cipher_key).encrypt(nonce, body, _bound_to(pending))
         return base64.b64encode(nonce + sealed).decode()
 
     def _open(self, pending: Pending, stored: str) -> bytes | None:
@@ -368,7 +373,7 @@ class Idempotency:
             return stored.encode()
         try:
             raw = base64.b64decode(stored)
-            return AESGCM(pending.cipher_key).decrypt(raw[:12], raw[12:], pending.scope.encode())
+            return AESGCM(pending.cipher_key).decrypt(raw[:12], raw[12:], _bound_to(pending))
         except (binascii.Error, ValueError, InvalidTag):  # not sealed under this secret
             return None
 
@@ -389,6 +394,11 @@ class Idempotency:
                 if not failing:  # once per outage, not every round
                     log.warning("idempotency: purge failed; will retry", exc_info=True)
                 failing = True
+
+
+def _bound_to(pending: Pending) -> bytes:
+    """Associated data of a sealed answer: it opens only as the record it was made for."""
+    return f"{pending.scope}\n{pending.key}".encode()
 
 
 def _in_flight() -> Problem:

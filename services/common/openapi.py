@@ -110,8 +110,7 @@ class Route:
         found |= {errors[e][0] for e in self.raises}
         found |= set(self.extra_statuses)
         if self.method in IDEMPOTENT_METHODS:
-            # 422 needs a caller: an anonymous request is scoped by its own body.
-            found |= {400, 409, 422} if self.auth else {400, 409}
+            found |= set(IDEMPOTENCY_CODES)
         return found
 
 
