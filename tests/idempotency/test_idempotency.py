@@ -262,6 +262,50 @@ async def test_a_retried_refresh_replays_instead_of_revoking_the_session(api: Ap
     assert nxt.status == 200
 
 
+async def test_the_remaining_routes_replay(api: Api, stack: Stack) -> None:
+    """invite-client, activities respond, login and logout, each retried under its key."""
+    pro, client = await asyncio.gather(api.signup("professional"), api.signup("client"))
+    invite = {"client_email": client.user["email"]}
+    k1 = new_key()
+    invited = [
+        await api.call("POST", "/api/connection/invite-client", json=invite, headers=keyed(pro, k1))
+        for _ in range(2)
+    ]
+    assert [r.status for r in invited] == [201, 201] and invited[0].text == invited[1].text
+    accept = {"connection_id": invited[0].body["id"], "action": "accept"}
+    accepted = await api.call("POST", "/api/connection/respond", json=accept, token=client.token)
+    assert accepted.status == 200, accepted.text
+    made = await api.call("POST", "/api/activities/", json={"title": "Run"}, token=pro.token)
+    ask = {"activity_id": made.body["id"], "client_id": client.id}
+    sent = await api.call("POST", "/api/activities/invite", json=ask, token=pro.token)
+    assert sent.status == 201, sent.text
+    answer, k2 = {"invite_id": sent.body["id"], "action": "accept"}, new_key()
+    answered = [
+        await api.call("POST", "/api/activities/respond", json=answer, headers=keyed(client, k2))
+        for _ in range(2)
+    ]
+    assert [r.status for r in answered] == [200, 200], answered[0].text
+    assert answered[0].text == answered[1].text and answered[0].body["status"] == "accepted"
+    assert answered[1].headers["Idempotent-Replayed"] == "true"
+
+    login, k3 = {"email": client.user["email"], "password": client.password}, new_key()
+    logged = [
+        await api.call("POST", "/api/auth/login", json=login, headers=keyed(None, k3))
+        for _ in range(2)
+    ]
+    assert [r.status for r in logged] == [200, 200] and logged[0].text == logged[1].text
+    sessions = "SELECT count(*) FROM refresh_tokens WHERE user_id = :uid"
+    assert await scalar(stack, "auth", sessions, uid=client.id) == 2  # signup + one login
+    k4 = new_key()
+    session = {"Authorization": f"Bearer {logged[0].body['token']}", "Idempotency-Key": k4}
+    out = await api.call("POST", "/api/auth/logout", json={}, headers=session)
+    assert out.status == 204, out.text
+    # Once logged out the token is revoked, and a revoked token gets nothing, not even
+    # a replay.
+    again = await api.call("POST", "/api/auth/logout", json={}, headers=session)
+    assert_problem(again, 401)
+
+
 def test_every_recorded_answer_was_the_real_one(stack: Stack) -> None:
     """Runs last in this module: no service had to correct a record made in a transaction
     (the route's declared answer always matched what the handler sent)."""
