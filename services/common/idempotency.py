@@ -79,7 +79,8 @@ class IdempotencyMixin:
     __tablename__ = "idempotency_keys"
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
-    # "user:<id>" for a signed-in caller, "anonymous" for signup, login and refresh.
+    # "user:<id>" for a signed-in caller; "anonymous:<secret's tag>" for signup, login and
+    # refresh.
     scope: Mapped[str] = mapped_column(String(80))
     key: Mapped[str] = mapped_column(String(255))
     fingerprint: Mapped[str] = mapped_column(String(64))  # method, path and body
@@ -142,10 +143,13 @@ class Pending:
     fingerprint: str
     route: Route
     cipher_key: bytes | None  # anonymous routes: their answers are stored encrypted
+    owner: Idempotency  # whose database records it (one per `Database`, but be sure)
     staged: Stored | None = None  # inserted in the current transaction
     recorded: Stored | None = None  # committed
     collided: bool = False  # the insert met another request's record
-    expired: bool = False  # the lookup met an expired record of this key
+    # The lookup met a record of this key that is no answer any more (expired, or sealed
+    # under a secret since replaced): its creation time, so that it can be replaced.
+    stale: dt.datetime | None = None
 
 
 def answer_of(route: Route, result: Any) -> Stored | None:
@@ -183,15 +187,17 @@ class Idempotency:
         self.secret = secret
         self.routes = {r.handler: r for r in routes if r.method in METHODS}
         self.in_flight: set[tuple[str, str]] = set()
+        tag = hmac.new(secret, b"scope", hashlib.sha256).hexdigest()[:12] if secret else ""
+        self._anonymous_scope = f"anonymous:{tag}"
         table = model.__table__
         self._insert = insert(table)
         self._lookup = select(model.fingerprint, model.status, model.body, model.created_at).where(
             model.scope == bindparam("scope"), model.key == bindparam("key")
         )
-        self._expired_one = delete(table).where(
+        self._stale_one = delete(table).where(
             model.scope == bindparam("scope"),
             model.key == bindparam("key"),
-            model.created_at < bindparam("before"),
+            model.created_at == bindparam("created_at"),
         )
         # Must run before the outbox's hook: on PostgreSQL that one takes an advisory lock
         # until commit, and waiting on another transaction's key while holding it could
@@ -203,15 +209,15 @@ class Idempotency:
 
     def _stage(self, session: Session) -> None:
         pending = _pending.get()
-        if pending is None or pending.recorded is not None:
+        if pending is None or pending.owner is not self or pending.recorded is not None:
             return
         answer = answer_of(pending.route, session.info.get(UNIT_RESULT))
         if answer is None:
             return
         now = utcnow()
         ids = {"scope": pending.scope, "key": pending.key}
-        if pending.expired:  # no longer an answer: the key starts afresh
-            session.execute(self._expired_one, {**ids, "before": now - TTL})
+        if pending.stale is not None:  # no longer an answer: the key starts afresh
+            session.execute(self._stale_one, {**ids, "created_at": pending.stale})
         try:
             session.execute(
                 self._insert,
@@ -232,7 +238,7 @@ class Idempotency:
 
     def _committed(self, session: Session) -> None:
         pending = _pending.get()
-        if pending is not None and pending.staged is not None:
+        if pending is not None and pending.owner is self and pending.staged is not None:
             pending.recorded, pending.staged = pending.staged, None
 
     # -- around the handler -----------------------------------------------------------
@@ -264,12 +270,14 @@ class Idempotency:
             # password, and the answer (live tokens) is stored encrypted under a key
             # derived from the body and that secret: the database alone cannot read it,
             # just as it cannot read refresh tokens (stored hashed).
+            # The scope names the secret, so that after a new signing key the records made
+            # under the old one are simply not found (they could not be checked or opened).
             fingerprint = hmac.new(self.secret, material, hashlib.sha256).hexdigest()
-            scope = "anonymous"
+            scope = self._anonymous_scope
             cipher_key = hmac.new(self.secret, b"seal\n" + material, hashlib.sha256).digest()
         else:
             return await handler(request)  # no secret to protect anonymous answers with
-        pending = Pending(scope, key, fingerprint, route, cipher_key)
+        pending = Pending(scope, key, fingerprint, route, cipher_key, self)
         slot = (scope, key)
         if slot in self.in_flight:
             raise _in_flight()
@@ -325,16 +333,25 @@ class Idempotency:
             return response
         # A 2xx that changed nothing in this database (e.g. a logout with no session rows
         # left): record it on its own; a retry after a crash here may safely run again.
+        pending.recorded = actual  # this unit of work is the record: the hook stays out
+        now = utcnow()
         row = {
             "scope": pending.scope,
             "key": pending.key,
             "fingerprint": pending.fingerprint,
             "status": actual.status,
             "body": body,
-            "created_at": utcnow(),
+            "created_at": now,
         }
-        with contextlib.suppress(sqlalchemy.exc.IntegrityError):
-            await self.db.write(lambda session: session.execute(self._insert, row))
+        stale = {"scope": pending.scope, "key": pending.key, "created_at": pending.stale}
+
+        def record(session: Session) -> None:
+            if pending.stale is not None:
+                session.execute(self._stale_one, stale)
+            session.execute(self._insert, row)
+
+        with contextlib.suppress(sqlalchemy.exc.IntegrityError):  # a duplicate's record won
+            await self.db.write(record)
         return response
 
     async def _find(self, pending: Pending) -> web.Response | None:
@@ -343,7 +360,7 @@ class Idempotency:
         if not rows:
             return None
         if rows[0]["created_at"] < utcnow() - TTL:
-            pending.expired = True
+            pending.stale = rows[0]["created_at"]
             return None
         row = rows[0]
         if not hmac.compare_digest(row["fingerprint"], pending.fingerprint):
@@ -353,7 +370,8 @@ class Idempotency:
                 "This Idempotency-Key was used for a different request; use a new key.",
             )
         body = self._open(pending, row["body"])
-        if body is None:  # sealed under another secret (key rotated): a new request
+        if body is None:  # cannot be opened (damaged): no answer, the key starts afresh
+            pending.stale = row["created_at"]
             return None
         response = web.Response(status=row["status"], body=body or None)
         if body:

@@ -61,6 +61,7 @@ class Replica:
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)  # a request reached the gate
     crash_after_commit: bool = False
+    pings: int = 0
 
     async def post(self, token: str, key: str, name: str) -> tuple[int, dict[str, str], str]:
         resp = await self.client.post(
@@ -79,7 +80,7 @@ def token(user_id: int) -> str:
     return ISSUER.issue(user_id=user_id, role="client", session_id="s")[0]
 
 
-def replica_app(db: Database) -> tuple[web.Application, Replica]:
+def replica_app(db: Database, secret: bytes | None = None) -> tuple[web.Application, Replica]:
     holder: dict[str, Replica] = {}
 
     async def create(request: web.Request) -> web.Response:
@@ -101,8 +102,32 @@ def replica_app(db: Database) -> tuple[web.Application, Replica]:
             status=201, body=item.model_dump_json().encode(), content_type="application/json"
         )
 
-    routes = [Route("POST", "/items", create, "Create", status=201, body=ItemIn, response=ItemOut)]
-    idempotency = Idempotency(db, IdempotencyKey, routes)
+    async def anonymous(request: web.Request) -> web.Response:
+        """An anonymous create (like signup): its answer is stored sealed."""
+        body = await read_json(request, ItemIn)
+
+        def add(session: Session) -> ItemOut:
+            item_id = session.scalar(insert(Item).values(name=body.name).returning(Item.id))
+            return ItemOut(id=item_id, name=body.name)
+
+        item = await db.write(add)
+        return web.Response(
+            status=201, body=item.model_dump_json().encode(), content_type="application/json"
+        )
+
+    async def ping(request: web.Request) -> web.Response:
+        """A 2xx that writes nothing to the database."""
+        await authenticate(request)
+        holder["r"].pings += 1
+        return web.Response(status=204)
+
+    routes = [
+        Route("POST", "/items", create, "Create", status=201, body=ItemIn, response=ItemOut),
+        Route("POST", "/ping", ping, "Ping", status=204),
+        Route("POST", "/anonymous", anonymous, "Create", status=201, body=ItemIn,
+              response=ItemOut, auth=False),
+    ]  # fmt: skip
+    idempotency = Idempotency(db, IdempotencyKey, routes, secret=secret)
 
     @web.middleware
     async def idempotent(request: web.Request, handler: Callable[..., Any]) -> Any:
@@ -111,6 +136,8 @@ def replica_app(db: Database) -> tuple[web.Application, Replica]:
     app = web.Application(middlewares=[error_middleware, idempotent])
     app[verifier_key] = TokenVerifier(KEY.public_key(), issuer="t", audience="t")
     app.router.add_post("/items", create)
+    app.router.add_post("/ping", ping)
+    app.router.add_post("/anonymous", anonymous)
     replica = Replica(client=None, db=db, idempotency=idempotency)  # type: ignore[arg-type]
     holder["r"] = replica
     replica.gate.set()
@@ -200,6 +227,46 @@ async def test_an_expired_record_is_a_new_request_and_is_purged(replicas: list[R
     await one.idempotency.purge()
     rows = await one.db.query(lambda s: s.scalar(select(func.count()).select_from(table)))
     assert rows == 0
+
+
+async def test_a_2xx_that_wrote_nothing_is_recorded_on_its_own(replicas: list[Replica]) -> None:
+    one = replicas[0]
+    headers = {"Authorization": f"Bearer {token(3)}", "Idempotency-Key": "p"}
+    first = await one.client.post("/ping", headers=headers)
+    again = await one.client.post("/ping", headers=headers)
+    assert (first.status, again.status) == (204, 204)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert one.pings == 1
+
+
+async def test_anonymous_answers_are_sealed_and_a_new_secret_starts_afresh(
+    fresh_url: str, replicas: list[Replica]
+) -> None:
+    db = replicas[0].db
+    apps = [replica_app(db, secret=s)[0] for s in (b"one" * 11, b"two" * 11)]
+    clients = [TestClient(TestServer(app)) for app in apps]
+    for client in clients:
+        await client.start_server()
+    try:
+        post = {"json": {"name": "secret answer"}, "headers": {"Idempotency-Key": "a"}}
+        first = await clients[0].post("/anonymous", **post)
+        again = await clients[0].post("/anonymous", **post)
+        assert (first.status, again.status) == (201, 201)
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert await again.text() == await first.text()
+        stored = await db.query(lambda s: s.scalar(select(IdempotencyKey.body)))
+        assert "secret answer" not in stored
+        other = await clients[0].post(
+            "/anonymous", json={"name": "other"}, headers={"Idempotency-Key": "a"}
+        )
+        assert other.status == 422
+        # Under another secret the record cannot be opened: a new request, not a 409.
+        rotated = await clients[1].post("/anonymous", **post)
+        assert rotated.status == 201 and "Idempotent-Replayed" not in rotated.headers
+        assert await count_items(db) == 2
+    finally:
+        for client in clients:
+            await client.close()
 
 
 @pytest.mark.parametrize(
