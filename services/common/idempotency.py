@@ -187,6 +187,8 @@ class Idempotency:
         self.secret = secret
         self.routes = {r.handler: r for r in routes if r.method in METHODS}
         self.in_flight: set[tuple[str, str]] = set()
+        # Awaited before a replay leaves (the service waits for its outbox there).
+        self.before_replay: Callable[[], Awaitable[None]] | None = None
         tag = hmac.new(secret, b"scope", hashlib.sha256).hexdigest()[:12] if secret else ""
         self._anonymous_scope = f"anonymous:{tag}"
         table = model.__table__
@@ -377,6 +379,8 @@ class Idempotency:
         if body:
             response.content_type = "application/json"
         response.headers[REPLAYED] = "true"
+        if self.before_replay is not None:
+            await self.before_replay()
         return response
 
     def _seal(self, pending: Pending, body: bytes) -> str:

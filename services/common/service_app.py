@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,13 +19,14 @@ from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+from sqlalchemy import func, select
 
 from .consumer import Consumer, Handler, wait_caught_up
 from .db import Database
 from .idempotency import Idempotency, IdempotencyMixin
 from .migrations import upgrade
 from .openapi import Route, openapi_handler, register
-from .outbox import Outbox, OutboxMixin
+from .outbox import PUBLISH_WAIT_SECONDS, Outbox, OutboxMixin
 from .problems import DomainErrors, domain_error_middleware
 from .settings import CommonSettings, ServiceSettings
 from .tokens import RevocationList, TokenVerifier, ensure_dev_keys, load_public_key
@@ -161,6 +162,7 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Appl
             maxlen=settings.stream_maxlen,
         )
         app[outbox_key] = outbox
+        app[idempotency_key].before_replay = _events_out_before(outbox)
         async with background(outbox.run(), f"{spec.name}-relay"):
             yield
 
@@ -204,6 +206,23 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Appl
     app.router.add_get("/openapi.json", openapi_handler(spec.routes, spec.errors))
     register(app, spec.routes)
     return app
+
+
+def _events_out_before(outbox: Outbox) -> Callable[[], Awaitable[None]]:
+    """What a replayed answer waits for: every event committed so far on its stream (Redis
+    permitting), as the first answer waited for its own. After a kill -9 between commit and
+    reply the first answer never left, and its events may still be in the outbox: a client
+    acting on the replay must not race them (the same promise as `publish_before_reply`)."""
+    newest = select(func.max(outbox.model.id).label("newest"))
+
+    async def wait() -> None:
+        if outbox.last_error is not None:
+            return
+        rows = await outbox.db.fetch(newest)
+        if rows and rows[0]["newest"] is not None:
+            await outbox.wait_published(rows[0]["newest"], within=PUBLISH_WAIT_SECONDS)
+
+    return wait
 
 
 async def health(request: web.Request) -> web.Response:

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
+
+from services.common.events import ACTIVITIES_STREAM
 
 from ..api import Api, Reply
 from ..infra import RedisServer
@@ -88,6 +91,13 @@ async def test_a_retry_after_a_kill_between_commit_and_reply_replays(
     retry = await api.call("POST", "/api/activities/", json=body, headers=keyed(pro, key))
     assert retry.status == 201, retry.text
     assert retry.headers["Idempotent-Replayed"] == "true"
+    # Like a first answer, the replay left once the change's event was on the stream.
+    client = aioredis.Redis.from_url(redis.url)
+    try:
+        entries = await client.xrange(ACTIVITIES_STREAM)
+    finally:
+        await client.aclose()
+    assert any(body["title"].encode() in b"".join(e.values()) for _, e in entries)
     mine = await api.call("GET", "/api/activities/list", token=pro.token)
     assert [a["id"] for a in mine.body] == [retry.body["id"]]
     events = "SELECT count(*) FROM outbox WHERE type = 'activity.created' AND payload LIKE :p"
