@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from aiohttp import web
 
 ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
-ALLOW_HEADERS = "Authorization, Content-Type, X-Request-Id"
-EXPOSE_HEADERS = "X-Request-Id, Retry-After, WWW-Authenticate"
+ALLOW_HEADERS = "Authorization, Content-Type, X-Request-Id, Idempotency-Key"
+EXPOSE_HEADERS = "X-Request-Id, Retry-After, WWW-Authenticate, Idempotent-Replayed"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -128,6 +128,8 @@ def _possible(route: Route, errors: dict) -> set[int]:
     possible |= {errors[e][0] for e in route.raises}
     possible |= set(route.extra_statuses)
     possible |= set(route.other_bodies)
+    if route.method in {"POST", "PATCH", "DELETE"}:  # Idempotency-Key: bad, in flight, reused
+        possible |= {400, 409, 422}
     return possible
 
 

@@ -16,7 +16,7 @@ from services.common.service_app import (
 from . import api, bus
 from .config import ActivitiesSettings
 from .service import ActivitiesContext
-from .tables import OutboxEvent
+from .tables import IdempotencyKey, OutboxEvent
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -25,6 +25,7 @@ def create_app(settings: ActivitiesSettings | None = None) -> web.Application:
     spec = ServiceSpec(
         name="activities",
         outbox_model=OutboxEvent,
+        idempotency_model=IdempotencyKey,
         routes=api.ROUTES,
         errors=api.ERRORS,
         migrations=MIGRATIONS,

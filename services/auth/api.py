@@ -90,12 +90,17 @@ class SessionOut(BaseModel):
 
 
 def _session_json(session: Session, status: int) -> web.Response:
-    out = SessionOut(
-        user=user_data(session.user),
-        token=session.access_token,
-        refresh_token=session.refresh_token,
+    return json_response(session_reply(session), status=status)
+
+
+def session_reply(result: object) -> SessionOut | None:
+    """What signup, login and refresh answer for their unit of work's result (refresh's is
+    the reused token's row when it detects reuse: that request fails, nothing to record)."""
+    if not isinstance(result, Session):
+        return None
+    return SessionOut(
+        user=user_data(result.user), token=result.access_token, refresh_token=result.refresh_token
     )
-    return json_response(out, status=status)
 
 
 def client_ip(request: web.Request) -> str:
@@ -183,11 +188,13 @@ ROLE_QUERY = {
 
 ROUTES = [
     Route("POST", "/api/auth/signup", signup, "Create an account", status=201, body=SignupBody,
-          response=SessionOut, auth=False, raises=[service.EmailTaken]),
+          response=SessionOut, auth=False, raises=[service.EmailTaken], reply=session_reply),
     Route("POST", "/api/auth/login", login, "Log in", body=LoginBody, response=SessionOut,
-          auth=False, raises=[service.InvalidCredentials, service.RateLimited]),
+          auth=False, raises=[service.InvalidCredentials, service.RateLimited],
+          reply=session_reply),
     Route("POST", "/api/auth/refresh", refresh, "Rotate a refresh token", body=RefreshBody,
-          response=SessionOut, auth=False, raises=[service.InvalidRefreshToken]),
+          response=SessionOut, auth=False, raises=[service.InvalidRefreshToken],
+          reply=session_reply),
     Route("POST", "/api/auth/logout", logout, "Log out", status=204, body=LogoutBody),
     Route("GET", "/api/auth/me", me, "The caller", response=UserData,
           raises=[service.UserNotFound]),

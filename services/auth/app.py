@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
+from services.common.idempotency import secret_from_key
 from services.common.service_app import (
     ServiceSpec,
     Subscription,
@@ -23,7 +25,7 @@ from services.common.web import redis_key
 from . import api, bus
 from .config import AuthSettings
 from .service import AuthContext, LoginLimiter, Passwords
-from .tables import OutboxEvent
+from .tables import IdempotencyKey, OutboxEvent
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -63,14 +65,22 @@ def create_app(settings: AuthSettings | None = None) -> web.Application:
         yield
         passwords.close()
 
+    def idempotency_secret() -> bytes:
+        # The signing key never leaves this service, so records of anonymous requests
+        # (sealed with a secret derived from it) are useless to a reader of the database.
+        key = load_private_key(settings.jwt_private_key, settings.private_key_path)
+        return secret_from_key(key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
+
     spec = ServiceSpec(
         name="auth",
         outbox_model=OutboxEvent,
+        idempotency_model=IdempotencyKey,
         routes=api.ROUTES,
         errors=api.ERRORS,
         migrations=MIGRATIONS,
         subscription=Subscription(group=bus.GROUP, streams=bus.STREAMS, handler=bus.handler),
         contexts=[auth_ctx],
+        idempotency_secret=idempotency_secret,
     )
     app = create_service_app(spec, settings)
     app[api.trusted_key] = trusted_networks(settings.trusted_proxies)

@@ -9,6 +9,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.copies import ConnectionCopyMixin
 from services.common.db import UTCDateTime, utcnow
+from services.common.idempotency import IdempotencyMixin
 from services.common.outbox import OutboxMixin
 from services.common.tables import Id
 
@@ -59,4 +60,8 @@ class ClientLink(ConnectionCopyMixin, Base):
 
 
 class OutboxEvent(OutboxMixin, Base):
+    pass
+
+
+class IdempotencyKey(IdempotencyMixin, Base):
     pass

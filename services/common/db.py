@@ -25,6 +25,8 @@ UTC = dt.UTC
 T = TypeVar("T")
 BUSY_SECONDS = 30.0  # how long a writer waits for another process's SQLite write lock
 CHECKPOINT_EVERY = 200  # commits between two WAL checkpoints (SQLite's own default: ~1,000 pages)
+# `session.info` key under which a before-commit hook finds what the unit of work returned.
+UNIT_RESULT = "unit.result"
 
 
 def utcnow() -> dt.datetime:
@@ -193,7 +195,8 @@ class Database:
         return self.engine.dialect.name
 
     def on_before_commit(self, hook: Callable[[Session], None]) -> None:
-        """Run `hook(session)` at the end of every unit of work, inside its transaction."""
+        """Run `hook(session)` at the end of every unit of work, inside its transaction
+        (in the order registered; the unit's result is in `session.info[UNIT_RESULT]`)."""
         self._before_commit.append(hook)
 
     def on_after_commit(self, hook: Callable[[Session], None]) -> None:
@@ -235,6 +238,7 @@ class Database:
 
     def _unit(self, session: Session, work: Callable[[Session], T]) -> T:
         result = work(session)
+        session.info[UNIT_RESULT] = result
         for hook in self._before_commit:
             hook(session)
         return result

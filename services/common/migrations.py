@@ -95,3 +95,35 @@ def drop_outbox_table() -> None:
 
     op.drop_index("ix_outbox_unpublished", table_name="outbox")
     op.drop_table("outbox")
+
+
+def create_idempotency_table() -> None:
+    """The `idempotency_keys` table of `IdempotencyMixin` (the same in every service)."""
+    import sqlalchemy as sa
+    from alembic import op
+
+    from .db import UTCDateTime
+    from .tables import Id
+
+    op.create_table(
+        "idempotency_keys",
+        sa.Column("id", Id, autoincrement=True, nullable=False),
+        sa.Column("scope", sa.String(length=80), nullable=False),
+        sa.Column("key", sa.String(length=255), nullable=False),
+        sa.Column("fingerprint", sa.String(length=64), nullable=False),
+        sa.Column("status", sa.Integer(), nullable=False),
+        sa.Column("body", sa.Text(), nullable=False),
+        sa.Column("created_at", UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("scope", "key", name="uq_idempotency_keys_scope_key"),
+    )
+    op.create_index(
+        "ix_idempotency_keys_created_at", "idempotency_keys", ["created_at"], unique=False
+    )
+
+
+def drop_idempotency_table() -> None:
+    from alembic import op
+
+    op.drop_index("ix_idempotency_keys_created_at", table_name="idempotency_keys")
+    op.drop_table("idempotency_keys")

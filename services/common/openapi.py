@@ -37,6 +37,31 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         },
     },
 }
+# The IETF httpapi draft's header, accepted on every POST, PATCH and DELETE.
+IDEMPOTENT_METHODS = frozenset({"POST", "PATCH", "DELETE"})
+IDEMPOTENCY_PARAM: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": (
+        "Makes a retry safe: the same key with the same request from the same caller within "
+        "24 h gets the first 2xx answer again (with `Idempotent-Replayed: true`) and nothing "
+        "is applied twice. The same key with another request is 422 "
+        "`idempotency_key_reused`; while the first is still running, 409 "
+        "`idempotency_key_in_flight`. 1-255 visible ASCII characters, optionally quoted."
+    ),
+    # Exactly what the services accept (idempotency.parse_key).
+    "schema": {"type": "string", "pattern": '^(?:[!#-~]{1,255}|"[!#-~]{1,255}")$'},
+}
+IDEMPOTENCY_CODES = {
+    400: "invalid_idempotency_key",
+    409: "idempotency_key_in_flight",
+    422: "idempotency_key_reused",
+}
+REPLAYED_HEADER: dict[str, Any] = {
+    "description": "`true` when this is the recorded answer to an earlier request",
+    "schema": {"type": "string", "enum": ["true"]},
+}
 PAGE_PARAMS = [
     {
         "name": "limit",
@@ -67,6 +92,9 @@ class Route:
     # Statuses answered with a JSON body of a model instead of a problem (health's 503).
     other_bodies: Mapping[int, type[BaseModel]] = field(default_factory=dict)
     tags: Sequence[str] = field(default_factory=tuple)
+    # What the use case's result becomes in the answer, when it is not a `response` model
+    # itself (None: no answer can be told from it); used to record idempotent answers.
+    reply: Callable[[Any], BaseModel | None] | None = None
 
     def statuses(self, errors: DomainErrors) -> set[int]:
         """Every status this route can answer, from its declaration alone."""
@@ -84,6 +112,8 @@ class Route:
         found |= {errors[e][0] for e in self.raises}
         found |= set(self.extra_statuses)
         found |= set(self.other_bodies)
+        if self.method in IDEMPOTENT_METHODS:
+            found |= set(IDEMPOTENCY_CODES)
         return found
 
 
@@ -135,6 +165,8 @@ def document_paths(
             params.append(
                 {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
             )
+        if route.method in IDEMPOTENT_METHODS:
+            params.append(dict(IDEMPOTENCY_PARAM))
         if params:
             op["parameters"] = params
         if route.body is not None:
@@ -148,15 +180,17 @@ def document_paths(
                 response["content"] = {
                     "application/json": {"schema": _response_schema(route, refs)}
                 }
-            elif status in route.other_bodies:
+            if status == route.status and route.method in IDEMPOTENT_METHODS:
+                response["headers"] = {"Idempotent-Replayed": REPLAYED_HEADER}
+            if status in route.other_bodies:
                 ref = {"$ref": refs[route.other_bodies[status]]}
                 response["content"] = {"application/json": {"schema": ref}}
             elif status >= 400:
-                codes = sorted(
-                    {c for e, (s, c, _) in errors.items() if s == status and e in route.raises}
-                )
+                codes = {c for e, (s, c, _) in errors.items() if s == status and e in route.raises}
+                if route.method in IDEMPOTENT_METHODS and status in IDEMPOTENCY_CODES:
+                    codes.add(IDEMPOTENCY_CODES[status])
                 if codes:
-                    response["description"] += f" (code: {', '.join(codes)})"
+                    response["description"] += f" (code: {', '.join(sorted(codes))})"
                 response["content"] = {
                     "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
                 }

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,14 +20,24 @@ from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+from sqlalchemy import func, select
 
 from .consumer import Consumer, CopyBehind, Handler, ReadBarrier
 from .db import Database
 from .events import Event
 from .health import CachedCheck, health_response, probe
+from .idempotency import Idempotency, IdempotencyMixin
 from .migrations import upgrade
 from .openapi import Route, openapi_handler, register
-from .outbox import READ_AFTER_HEADER, Outbox, OutboxMixin, parse_positions
+from .outbox import (
+    OUTBOX_ROW_HEADER,
+    PUBLISH_WAIT_SECONDS,
+    READ_AFTER_HEADER,
+    Outbox,
+    OutboxMixin,
+    format_positions,
+    parse_positions,
+)
 from .problems import DomainErrors, domain_error_middleware
 from .settings import CommonSettings, ServiceSettings
 from .tokens import RevocationList, TokenVerifier, ensure_dev_keys, load_public_key
@@ -45,6 +55,7 @@ log = logging.getLogger(__name__)
 db_key = web.AppKey("db", Database)
 outbox_key = web.AppKey("outbox", Outbox)
 consumer_key = web.AppKey("consumer", Consumer)
+idempotency_key = web.AppKey("idempotency", Idempotency)
 settings_key = web.AppKey("settings", CommonSettings)
 barrier_key = web.AppKey("barrier", ReadBarrier)
 catch_up_key = web.AppKey("catch_up", object)
@@ -66,6 +77,7 @@ class Subscription:
 class ServiceSpec:
     name: str
     outbox_model: type[OutboxMixin]
+    idempotency_model: type[IdempotencyMixin]
     routes: Sequence[Route]
     errors: DomainErrors
     migrations: Path
@@ -73,6 +85,9 @@ class ServiceSpec:
     # The use cases' context: stored under the key, built with `db=` and `catch_up=`.
     context: tuple[web.AppKey[Any], Callable[..., Any]] | None = None
     contexts: list[Any] = field(default_factory=list)
+    # The secret that protects recorded answers of anonymous routes (see idempotency.py);
+    # without one those routes take an Idempotency-Key but record nothing.
+    idempotency_secret: Callable[[], bytes] | None = None
 
 
 REDIS_POOL_SIZE = 64
@@ -122,6 +137,11 @@ async def background(coro: Any, name: str) -> AsyncIterator[asyncio.Task[Any]]:
 
 
 @web.middleware
+async def idempotent(request: web.Request, handler: Any) -> web.StreamResponse:
+    return await request.app[idempotency_key].middleware(request, handler)
+
+
+@web.middleware
 async def publish_before_reply(request: web.Request, handler: Any) -> web.StreamResponse:
     return await request.app[outbox_key].middleware(request, handler)
 
@@ -153,7 +173,12 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Appl
     }
     app = base_app(
         settings,
-        middlewares=[read_after, domain_error_middleware(errors), publish_before_reply],
+        middlewares=[
+            read_after,
+            idempotent,
+            domain_error_middleware(errors),
+            publish_before_reply,
+        ],
     )
     app[settings_key] = settings
     app[verifier_key] = verifier_for(settings)
@@ -161,7 +186,12 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Appl
     async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         db = Database(settings.database_url or "")
         app[db_key] = db
-        yield
+        # Registered before the outbox's hooks (relay_ctx), as Idempotency requires.
+        secret = spec.idempotency_secret() if spec.idempotency_secret else None
+        idempotency = Idempotency(db, spec.idempotency_model, spec.routes, secret=secret)
+        app[idempotency_key] = idempotency
+        async with background(idempotency.purge_forever(), f"{spec.name}-idempotency-purge"):
+            yield
         await db.dispose()
 
     async def relay_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -173,6 +203,7 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Appl
             maxlen=settings.stream_maxlen,
         )
         app[outbox_key] = outbox
+        app[idempotency_key].before_replay = _events_out_before(outbox)
         async with background(outbox.run(), f"{spec.name}-relay"):
             yield
 
@@ -227,6 +258,28 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Appl
     app.router.add_get("/openapi.json", openapi_handler(spec.routes, spec.errors))
     register(app, spec.routes)
     return app
+
+
+def _events_out_before(outbox: Outbox) -> Callable[[web.Response], Awaitable[None]]:
+    """What a replayed answer waits for: every event committed so far on its stream (Redis
+    permitting), as the first answer waited for its own. After a kill -9 between commit and
+    reply the first answer never left, and its events may still be in the outbox: a client
+    acting on the replay must not race them (the same promise as `publish_before_reply`).
+    The replay also carries the newest outbox rows (X-Outbox-Row), for the gateway to pass
+    on when they are not out yet (Redis down)."""
+    m = outbox.model
+    newest = select(m.stream, func.max(m.id).label("newest")).group_by(m.stream)
+
+    async def wait(response: web.Response) -> None:
+        rows = await outbox.db.fetch(newest)
+        positions = {row["stream"]: row["newest"] for row in rows}
+        if not positions:
+            return
+        if outbox.last_error is None:
+            await outbox.wait_published(max(positions.values()), within=PUBLISH_WAIT_SECONDS)
+        response.headers[OUTBOX_ROW_HEADER] = format_positions(positions)
+
+    return wait
 
 
 async def _readiness(app: web.Application) -> dict[str, Any]:

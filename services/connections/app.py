@@ -16,7 +16,7 @@ from services.common.service_app import (
 from . import api, bus
 from .config import ConnectionsSettings
 from .service import ConnectionsContext
-from .tables import OutboxEvent
+from .tables import IdempotencyKey, OutboxEvent
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -25,6 +25,7 @@ def create_app(settings: ConnectionsSettings | None = None) -> web.Application:
     spec = ServiceSpec(
         name="connections",
         outbox_model=OutboxEvent,
+        idempotency_model=IdempotencyKey,
         routes=api.ROUTES,
         errors=api.ERRORS,
         migrations=MIGRATIONS,

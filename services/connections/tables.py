@@ -8,6 +8,7 @@ from sqlalchemy import Index, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.db import UTCDateTime, utcnow
+from services.common.idempotency import IdempotencyMixin
 from services.common.outbox import OutboxMixin
 from services.common.tables import Id
 
@@ -60,4 +61,8 @@ class Connection(Base):
 
 
 class OutboxEvent(OutboxMixin, Base):
+    pass
+
+
+class IdempotencyKey(IdempotencyMixin, Base):
     pass

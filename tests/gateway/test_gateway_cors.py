@@ -53,7 +53,7 @@ def assert_allowed_preflight(reply: Reply, origin: str, method: str) -> None:
     assert reply.headers.getall("Access-Control-Allow-Origin") == [origin]
     assert method.lower() in listed(reply.headers.get("Access-Control-Allow-Methods"))
     headers = listed(reply.headers.get("Access-Control-Allow-Headers"))
-    assert {"authorization", "content-type"} <= headers, headers
+    assert {"authorization", "content-type", "idempotency-key"} <= headers, headers
     assert "origin" in listed(", ".join(reply.headers.getall("Vary", [])))
     assert not reply.text
 
@@ -61,7 +61,7 @@ def assert_allowed_preflight(reply: Reply, origin: str, method: str) -> None:
 def assert_cors_on(reply: Reply, origin: str) -> None:
     assert reply.headers.getall("Access-Control-Allow-Origin", []) == [origin], reply.headers
     exposed = listed(reply.headers.get("Access-Control-Expose-Headers"))
-    assert "x-request-id" in exposed, reply.headers
+    assert {"x-request-id", "idempotent-replayed"} <= exposed, reply.headers
     assert reply.headers.get("X-Request-Id")
 
 
