@@ -34,7 +34,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 verifier_key = web.AppKey("verifier", TokenVerifier)
 revocations_key = web.AppKey("revocations", RevocationList)
 redis_key = web.AppKey("redis", Redis)
-identity_key = "identity"
+identity_key = web.RequestKey("identity", Identity)
 
 
 def dumps(data: Any) -> bytes:
