@@ -57,7 +57,7 @@ def test_each_service_names_its_own_database(compose: dict) -> None:
     assert databases == {name: name for name in SERVICES}
     init = (ROOT / "deploy" / "postgres-init.sql").read_text()
     for name in SERVICES:
-        assert f"CREATE DATABASE {name};" in init
+        assert f"CREATE DATABASE {name} ENCODING 'UTF8'" in init
 
 
 def test_only_the_gateway_publishes_a_port(compose: dict) -> None:
@@ -82,3 +82,9 @@ def test_one_image_for_every_component(compose: dict) -> None:
     images = {compose["services"][n]["image"] for n in (*SERVICES, "gateway")}
     assert len(images) == 1
     assert (ROOT / "Dockerfile").exists()
+
+
+def test_postgres_is_initialised_in_utf8(compose: dict) -> None:
+    """In SQL_ASCII, varchar(100) counts bytes: a valid name of 100 "é" was a 500."""
+    args = compose["services"]["postgres"]["environment"]["POSTGRES_INITDB_ARGS"]
+    assert "--encoding=UTF8" in args.split()

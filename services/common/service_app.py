@@ -22,7 +22,7 @@ from redis.retry import Retry
 
 from .consumer import Consumer, Handler, wait_caught_up
 from .db import Database
-from .migrations import upgrade
+from .migrations import WrongEncoding, upgrade
 from .openapi import Route, openapi_handler, register
 from .outbox import Outbox, OutboxMixin
 from .problems import DomainErrors, domain_error_middleware
@@ -242,7 +242,11 @@ def run_service(
     if not settings.production and not settings.jwt_public_key:
         ensure_dev_keys(settings.keys_dir / "jwt_ed25519.pem", settings.public_key_path)
     log.info("%s: migrating %s", settings.service_name, _safe_url(settings.database_url or ""))
-    upgrade(migrations, settings.database_url or "")
+    try:
+        upgrade(migrations, settings.database_url or "")
+    except WrongEncoding as exc:
+        log.critical("%s: refusing to start: %s", settings.service_name, exc)
+        raise SystemExit(2) from None
 
     async def build() -> web.Application:
         return factory(settings)
