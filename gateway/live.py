@@ -9,14 +9,14 @@ import re
 from aiohttp import WSMsgType, web
 
 from services.common.problems import Problem
-from services.common.web import authenticate, bearer_token, query_int, verify_token
+from services.common.web import authenticate, bearer_token, page, verify_token
 
 from .hub import Conn, Hub, entry_frame
-from .notifier import log_key
+from .notifier import LOG_MAXLEN, log_key
 
 hub_key = web.AppKey("hub", Hub)
 HEARTBEAT_SECONDS = 20.0  # a ping every 20 s; no pong within 10 s drops the socket
-SINCE = re.compile(r"\d{1,20}(-\d{1,20})?")
+SINCE = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")  # ASCII: `\d` takes any script's
 MAX_STREAM_PART = 2**64 - 1
 
 
@@ -82,14 +82,17 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 
 
 async def notifications(request: web.Request) -> web.Response:
-    """The caller's notification log after `since`, oldest first."""
+    """The caller's notification log after `since`, oldest first, from `offset` on."""
     identity = await authenticate(request)
     since = _since(request)
-    limit = query_int(request, "limit", 50, 1, 200)
-    entries = await request.app[hub_key].redis.xrange(
-        log_key(identity.user_id), min=f"({since}" if since else "-", count=limit
-    )
-    body = "[" + ",".join(entry_frame(i, f) for i, f in entries) + "]"
+    limit, offset = page(request)
+    entries = []
+    if offset < LOG_MAXLEN:  # the log never holds more, so a later page is empty
+        # XRANGE has no offset: read the entries before the page too, and drop them.
+        entries = await request.app[hub_key].redis.xrange(
+            log_key(identity.user_id), min=f"({since}" if since else "-", count=offset + limit
+        )
+    body = "[" + ",".join(entry_frame(i, f) for i, f in entries[offset:]) + "]"
     return web.Response(text=body, content_type="application/json")
 
 

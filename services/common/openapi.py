@@ -37,13 +37,19 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         },
     },
 }
+# Path ids: ASCII digits naming a positive 64-bit signed integer (anything else is a 404).
+ID_SCHEMA: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
 PAGE_PARAMS = [
     {
         "name": "limit",
         "in": "query",
         "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
     },
-    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+    {
+        "name": "offset",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0},
+    },
 ]
 
 
@@ -128,9 +134,7 @@ def document_paths(
             op["security"] = [{"bearer": []}]
         params = [dict(p) for p in route.query]
         if "{id}" in route.path:
-            params.append(
-                {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
-            )
+            params.append({"name": "id", "in": "path", "required": True, "schema": ID_SCHEMA})
         if params:
             op["parameters"] = params
         if route.body is not None:
