@@ -179,6 +179,9 @@ def plain_address(value: object) -> object:
     return value
 
 
+MAX_EMAIL = 254
+
+
 def stored_length(value: str) -> str:
     # The address is stored lower-case, and lower-casing can lengthen it ("İ" is two code
     # points lower-cased): the limit holds for what is stored.
@@ -187,7 +190,6 @@ def stored_length(value: str) -> str:
     return value
 
 
-MAX_EMAIL = 254
 Email = Annotated[
     EmailStr,
     BeforeValidator(plain_address),

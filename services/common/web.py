@@ -80,7 +80,9 @@ def _too_large() -> Problem:
 def check_body_coding(request: web.BaseRequest) -> None:
     """415 for a Content-Encoding that the server would not decode (it would hand the
     coded bytes on as if they were the body)."""
-    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    codings = request.headers.getall("Content-Encoding", [])
+    # Two header lines are two codings, of which aiohttp would undo only the first.
+    coding = codings[0].strip().lower() if len(codings) == 1 else "" if not codings else ","
     if coding not in BODY_CODINGS:
         raise Problem(
             415,

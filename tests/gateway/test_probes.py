@@ -12,6 +12,7 @@ from urllib.parse import quote
 import brotli
 import pytest
 from backports import zstd
+from multidict import CIMultiDict
 
 from ..api import Api, Reply, assert_problem, unique_email
 
@@ -100,6 +101,22 @@ async def test_unknown_coding_is_415(api: Api, coding: str) -> None:
     reply = await post_bytes(
         api, "/api/auth/signup", json.dumps(body).encode(), {"Content-Encoding": coding}
     )
+    assert_problem(reply, 415, "unsupported_content_encoding")
+    await assert_email_free(api, body["email"])
+
+
+async def test_two_coding_headers_are_415(api: Api) -> None:
+    body = signup_body()
+    raw = gzip.compress(gzip.compress(json.dumps(body).encode()))
+    headers = CIMultiDict(
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Encoding", "gzip"),
+            ("Content-Encoding", "gzip"),
+        ]
+    )
+    async with api.http.post(api.base + "/api/auth/signup", data=raw, headers=headers) as resp:
+        reply = Reply(resp.status, resp.headers, await resp.json(content_type=None), "")
     assert_problem(reply, 415, "unsupported_content_encoding")
     await assert_email_free(api, body["email"])
 
