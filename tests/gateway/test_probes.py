@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import zlib
 from typing import Any
 from urllib.parse import quote
@@ -413,3 +414,36 @@ async def test_title_and_description_limits(api: Api, char: str) -> None:
     reply = await create(title=f" {char * 200} ", description=f"\n{char * 2000}\n")
     assert reply.status == 201, reply.text
     assert (reply.body["title"], reply.body["description"]) == (char * 200, char * 2000)
+
+
+# --- what the OpenAPI document says about all this ----------------------------------------
+
+
+async def test_openapi_states_the_rules(api: Api) -> None:
+    """Schema-based fuzzers read the rules from the document: it must say what is refused."""
+    reply = await api.call("GET", "/api/openapi.json")
+    assert reply.status == 200, reply.text
+    document = reply.body
+    schemas = document["components"]["schemas"]
+    text_fields = {
+        ("SignupBody", "name"): (100, True),
+        ("CreateActivityBody", "title"): (200, True),
+        ("CreateActivityBody", "description"): (2000, False),
+    }
+    for (model, field), (longest, single_line) in text_fields.items():
+        schema = schemas[model]["properties"][field]
+        assert schema["maxLength"] == longest
+        pattern = re.compile(schema["pattern"])
+        assert pattern.fullmatch("Ann Lee")
+        # The pattern names BMP characters only (regex dialects disagree past it).
+        for char in [c for c in REFUSED_ANYWHERE + REFUSED_IN_LATIN if ord(c) <= 0xFFFF]:
+            assert not pattern.fullmatch(f"An{char}n"), (model, field, hex(ord(char)))
+        assert bool(pattern.fullmatch("An\nn")) is not single_line
+    delete = document["paths"]["/api/activities/{id}"]["delete"]
+    [id_param] = [p for p in delete["parameters"] if p["name"] == "id"]
+    assert id_param["schema"] == {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+    listing = document["paths"]["/api/notifications"]["get"]
+    params = {p["name"]: p["schema"] for p in listing["parameters"]}
+    assert params["offset"]["minimum"] == 0
+    assert params["limit"]["maximum"] == 200
+    assert "since" in params
