@@ -24,13 +24,16 @@ MAX_ID = 2**63 - 1
 JOINERS = "\u200c\u200d"  # zero-width non-joiner and joiner: spelling, and emoji sequences
 # What the JSON Schema `pattern` of a text field leaves out, besides the C0 controls: DEL
 # and the C1 controls, every format (invisible or bidirectional) character of the Basic
-# Multilingual Plane, and the line and paragraph separators. Keep in step with
+# Multilingual Plane, the blank letters, and the line and paragraph separators. Keep in step with
 # `_refused` (which also refuses format characters outside the BMP).
 _PATTERN_EXCLUDED = (
-    "\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891"
-    "\\u08e2\\u180e\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2064\\u2066-\\u206f"
-    "\\ufeff\\ufff9-\\ufffb"
+    "\\u007f-\\u009f\\u00ad\\u034f\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891"
+    "\\u08e2\\u115f\\u1160\\u17b4\\u17b5\\u180e\\u200b-\\u200f\\u2028-\\u202e"
+    "\\u2060-\\u2064\\u2066-\\u206f\\u3164\\ufeff\\uffa0\\ufff9-\\ufffb"
 )
+# Letters and marks that show nothing (Hangul fillers, the combining grapheme joiner,
+# Khmer's inherent vowels): used for names that look blank.
+BLANK_LETTERS = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u3164\uffa0")
 
 
 def _joins(value: str, index: int) -> bool:
@@ -61,6 +64,8 @@ def _refused(value: str, *, multiline: bool) -> str | None:
             return "must not contain control characters"
         if code < 0xAD:
             continue
+        if char in BLANK_LETTERS:
+            return "must not contain invisible or bidirectional formatting characters"
         category = unicodedata.category(char)
         if category in ("Zl", "Zp"):
             return "must not contain line or paragraph separators"
@@ -193,6 +198,7 @@ def stored_length(value: str) -> str:
 Email = Annotated[
     EmailStr,
     BeforeValidator(plain_address),
+    BeforeValidator(_checked_str(single_line)),  # as names: email-validator takes blank letters
     Field(max_length=MAX_EMAIL),
     AfterValidator(stored_length),
 ]

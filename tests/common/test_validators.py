@@ -94,6 +94,9 @@ REFUSED = [
     *map(chr, range(0x2060, 0x2065)),
     *map(chr, range(0x2066, 0x206A)),
     "\ufeff",
+    "\u3164",  # Hangul filler: a letter that shows nothing
+    "\u115f",
+    "\u034f",
     "\U000e0001",
     "\U000e0041",
 ]

@@ -245,6 +245,7 @@ REFUSED_ANYWHERE = [
     "\u2060",  # word joiner
     "\ufeff",  # byte order mark
     "\u00ad",  # soft hyphen
+    "\u3164",  # Hangul filler
     "\U000e0041",  # a tag character
 ]
 # Joiners are refused next to Latin letters or spaces, where they only hide.
