@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from services.common.consumer import ReadBarrier
 from services.common.health import CachedCheck, health_response, probe
 from services.common.health import live as liveness
-from services.common.openapi import Route, document_paths, merge, register
+from services.common.openapi import PAGE_PARAMS, Route, document_paths, merge, register
 from services.common.problems import Problem, unavailable
 from services.common.service_app import background, redis_ctx, settings_key, verifier_for
 from services.common.tokens import ensure_dev_keys
@@ -173,11 +173,10 @@ class LiveOut(BaseModel):
     status: Literal["ok"]
 
 
-SINCE_QUERY = {"name": "since", "in": "query", "schema": {"type": "string"}}
-LIMIT_QUERY = {
-    "name": "limit",
+SINCE_QUERY = {
+    "name": "since",
     "in": "query",
-    "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+    "schema": {"type": "string", "pattern": "^([0-9]{1,20}(-[0-9]{1,20})?)?$"},
 }
 
 
@@ -197,8 +196,8 @@ ROUTES = [
           response=LiveOut, auth=False),
     Route("GET", "/api/openapi.json", openapi, "This document", auth=False),
     Route("GET", "/api/notifications", live.notifications,
-          "The caller's notifications after `since`, oldest first", response=Notification,
-          many=True, query=[SINCE_QUERY, LIMIT_QUERY]),
+          "The caller's notifications after `since`, oldest first (`offset` counts after `since`)",
+          response=Notification, many=True, query=[SINCE_QUERY, *PAGE_PARAMS]),
     Route("GET", "/api/ws", live.websocket,
           "Upgrade to a WebSocket of live notifications (`?since=` replays first)",
           status=101, query=[SINCE_QUERY]),

@@ -19,4 +19,7 @@ class GatewaySettings(CommonSettings):
         ["http://localhost:3000", "http://127.0.0.1:3000"], validation_alias="CORS_ORIGINS"
     )
     upstream_timeout_seconds: float = 30.0
+    # The public port: an idle connection, or one whose request headers have not all
+    # arrived, is closed after this many seconds (slow-header clients hold nothing long).
+    keepalive_timeout_seconds: float = Field(20.0, gt=0)
     upstream_pool_size: int = 200

@@ -10,16 +10,16 @@ from aiohttp import WSMsgType, web
 
 from services.common.consumer import ReadBarrier
 from services.common.problems import Problem
-from services.common.web import authenticate, bearer_token, query_int, verify_token
+from services.common.web import authenticate, bearer_token, page, verify_token
 
 from .hub import Conn, Hub, entry_frame
-from .notifier import log_key
+from .notifier import LOG_MAXLEN, log_key
 from .proxy import positions_key
 
 hub_key = web.AppKey("hub", Hub)
 barrier_key = web.AppKey("notifier_barrier", ReadBarrier)
 HEARTBEAT_SECONDS = 20.0  # a ping every 20 s; no pong within 10 s drops the socket
-SINCE = re.compile(r"\d{1,20}(-\d{1,20})?")
+SINCE = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")  # ASCII: `\d` takes any script's
 MAX_STREAM_PART = 2**64 - 1
 
 
@@ -85,10 +85,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 
 
 async def notifications(request: web.Request) -> web.Response:
-    """The caller's notification log after `since`, oldest first."""
+    """The caller's notification log after `since`, oldest first, from `offset` on."""
     identity = await authenticate(request)
     since = _since(request)
-    limit = query_int(request, "limit", 50, 1, 200)
+    limit, offset = page(request)
     # A change answered a moment ago, by anyone, that notifies the caller is listed: wait
     # (briefly) until the notifier has appended what is in flight for them. On a timeout
     # the log is served as it is; the notification follows on the socket.
@@ -97,10 +97,13 @@ async def notifications(request: web.Request) -> web.Response:
             about=lambda event: identity.user_id in event.recipient_ids,
             after=request.app[positions_key].rows if positions_key in request.app else None,
         )
-    entries = await request.app[hub_key].redis.xrange(
-        log_key(identity.user_id), min=f"({since}" if since else "-", count=limit
-    )
-    body = "[" + ",".join(entry_frame(i, f) for i, f in entries) + "]"
+    entries = []
+    if offset < LOG_MAXLEN:  # the log never holds more, so a later page is empty
+        # XRANGE has no offset: read the entries before the page too, and drop them.
+        entries = await request.app[hub_key].redis.xrange(
+            log_key(identity.user_id), min=f"({since}" if since else "-", count=offset + limit
+        )
+    body = "[" + ",".join(entry_frame(i, f) for i, f in entries[offset:]) + "]"
     return web.Response(text=body, content_type="application/json")
 
 

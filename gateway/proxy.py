@@ -15,6 +15,7 @@ from services.common.outbox import (
     parse_positions,
 )
 from services.common.problems import unavailable
+from services.common.web import read_body
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,9 @@ HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
+# The gateway forwards the body decoded (it had to decode it to hold it to 64 KiB), so
+# the coding the client declared no longer describes it.
+BODY_HEADERS = frozenset({"content-encoding"})
 # Identity and client-address headers are the gateway's to set, never the client's.
 SPOOFABLE = frozenset(
     {
@@ -87,7 +91,7 @@ def _drop_listed(headers: CIMultiDict[str]) -> set[str]:
 
 
 def request_headers(request: web.Request) -> CIMultiDict[str]:
-    drop = HOP_BY_HOP | SPOOFABLE | _drop_listed(request.headers)
+    drop = HOP_BY_HOP | SPOOFABLE | BODY_HEADERS | _drop_listed(request.headers)
     out = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in drop)
     out["X-Forwarded-For"] = request.remote or ""
     out["X-Forwarded-Proto"] = request.scheme
@@ -103,8 +107,12 @@ def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
 
 
 async def forward(request: web.Request, base_url: str, name: str) -> web.Response:
-    """Send the request on to `base_url`; a service that cannot be reached is a 503."""
-    body = await request.read() if request.body_exists else None
+    """Send the request on to `base_url`; a service that cannot be reached is a 503.
+
+    The body is read whole first, decoded, within the size limit and the body timeout
+    (a stalled upload is a 408 here, and never holds a service's connection).
+    """
+    body = await read_body(request) if request.body_exists else None
     url = base_url + request.rel_url.raw_path_qs
     try:
         async with request.app[session_key].request(

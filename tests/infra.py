@@ -211,7 +211,19 @@ def _local_cluster(tmp: Path) -> tuple[str, Callable[[], None]] | None:
         shutil.chown(tmp, "postgres")
     data, port = tmp / "data", free_port()
     subprocess.run(
-        [*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+        [
+            *run_as,
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            # Without a UTF-8 locale in the environment initdb picks SQL_ASCII, which the
+            # services refuse (varchar lengths would count bytes).
+            "--encoding=UTF8",
+            "--no-locale",
+        ],
         check=True,
         capture_output=True,
     )

@@ -58,6 +58,13 @@ def _answers_200(url: str) -> bool:
         return False
 
 
+def create_database_sql(name: str) -> str:
+    """UTF8 whatever the server's default, as deploy/postgres-init.sql does."""
+    return (
+        f"CREATE DATABASE \"{name}\" ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+    )
+
+
 class Stack:
     """Services + gateway as subprocesses, on SQLite files or on PostgreSQL databases."""
 
@@ -121,7 +128,7 @@ class Stack:
     def create_databases(self) -> None:
         if self.backend == "postgres":
             names = [make_url(u).database for u in self.databases.values()]
-            run_async(_admin(self.postgres_url or "", [f'CREATE DATABASE "{n}"' for n in names]))
+            run_async(_admin(self.postgres_url or "", [create_database_sql(n) for n in names]))
 
     def drop_databases(self) -> None:
         if self.backend == "postgres":

@@ -123,7 +123,7 @@ def test_each_service_names_its_own_database(compose: dict, tmp_path: Path) -> N
     assert databases == {name: name for name in SERVICES}
     init = (ROOT / "deploy" / "postgres-init.sql").read_text()
     for name in SERVICES:
-        assert f"CREATE DATABASE {name};" in init
+        assert f"CREATE DATABASE {name} ENCODING 'UTF8'" in init
     init_mount = [v for v in services["postgres"]["volumes"] if v["type"] == "bind"]
     assert [Path(v["source"]) for v in init_mount] == [ROOT / "deploy" / "postgres-init.sql"]
     assert init_mount[0]["target"].startswith("/docker-entrypoint-initdb.d/")
@@ -208,3 +208,9 @@ def test_one_image_for_every_component(compose: dict) -> None:
         assert Path(services[name]["build"]["context"]) == ROOT
         assert services[name]["build"]["dockerfile"] == "Dockerfile"
     assert (ROOT / "Dockerfile").exists()
+
+
+def test_postgres_is_initialised_in_utf8(compose: dict) -> None:
+    """In SQL_ASCII, varchar(100) counts bytes: a valid name of 100 "é" was a 500."""
+    args = compose["services"]["postgres"]["environment"]["POSTGRES_INITDB_ARGS"]
+    assert "--encoding=UTF8" in args.split()

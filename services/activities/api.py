@@ -25,8 +25,9 @@ from .service import ActivitiesContext
 
 ctx_key = web.AppKey("activities_ctx", ActivitiesContext)
 
+ACTIVITY_NOT_FOUND = "No such activity of yours."
 ERRORS: DomainErrors = {
-    service.ActivityNotFound: (404, "activity_not_found", "No such activity of yours."),
+    service.ActivityNotFound: (404, "activity_not_found", ACTIVITY_NOT_FOUND),
     service.NotConnected: (
         403,
         "not_connected",
@@ -117,7 +118,9 @@ async def list_mine(request: web.Request) -> web.Response:
 async def delete_activity(request: web.Request) -> web.Response:
     identity = await require_role(request, "professional")
     await service.delete_activity(
-        request.app[ctx_key], identity=identity, activity_id=path_id(request)
+        request.app[ctx_key],
+        identity=identity,
+        activity_id=path_id(request, code="activity_not_found", detail=ACTIVITY_NOT_FOUND),
     )
     return web.Response(status=204)
 

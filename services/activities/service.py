@@ -405,9 +405,11 @@ async def delete_activity(ctx: ActivitiesContext, *, identity: Identity, activit
             )
         ).all()
         now = utcnow()
+        # Every invite of it ends cancelled, a declined one too (API.md, version 3); only
+        # the clients still expecting it (pending or accepted) are told.
         session.execute(
             update(Invite)
-            .where(Invite.activity_id == activity.id, Invite.status.in_(OPEN))
+            .where(Invite.activity_id == activity.id, Invite.status != "cancelled")
             .values(status="cancelled", updated_at=now)
         )
         activity.deleted_at = now

@@ -41,7 +41,29 @@ def run_env(metadata: MetaData) -> None:
     asyncio.run(_run_online(url, metadata))
 
 
+class WrongEncoding(RuntimeError):
+    """The PostgreSQL database does not store text as UTF-8."""
+
+
+def check_encoding(connection: Connection) -> None:
+    """Refuse a PostgreSQL database that is not UTF8: in SQL_ASCII, varchar(n) counts
+    bytes, so a valid 100-character name of "é" failed as too long (a 500), and other
+    encodings cannot hold every character the API accepts."""
+    if connection.dialect.name != "postgresql":
+        return
+    encoding = connection.execute(text("SHOW server_encoding")).scalar()
+    if str(encoding).upper() not in ("UTF8", "UTF-8"):
+        database = connection.execute(text("SELECT current_database()")).scalar()
+        raise WrongEncoding(
+            f"PostgreSQL database {database!r} has server encoding {encoding}, not UTF8: "
+            f"create it with ENCODING 'UTF8' (e.g. CREATE DATABASE {database} ENCODING "
+            "'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0), or initialise the "
+            "cluster with initdb --encoding=UTF8"
+        )
+
+
 def _migrate(connection: Connection, metadata: MetaData) -> None:
+    check_encoding(connection)
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
         connection.commit()

@@ -62,13 +62,19 @@ REPLAYED_HEADER: dict[str, Any] = {
     "description": "`true` when this is the recorded answer to an earlier request",
     "schema": {"type": "string", "enum": ["true"]},
 }
+# Path ids: ASCII digits naming a positive 64-bit signed integer (anything else is a 404).
+ID_SCHEMA: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
 PAGE_PARAMS = [
     {
         "name": "limit",
         "in": "query",
         "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
     },
-    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+    {
+        "name": "offset",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0},
+    },
 ]
 
 
@@ -162,9 +168,7 @@ def document_paths(
             op["security"] = [{"bearer": []}]
         params = [dict(p) for p in route.query]
         if "{id}" in route.path:
-            params.append(
-                {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
-            )
+            params.append({"name": "id", "in": "path", "required": True, "schema": ID_SCHEMA})
         if route.method in IDEMPOTENT_METHODS:
             params.append(dict(IDEMPOTENCY_PARAM))
         if params:

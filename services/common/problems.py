@@ -29,6 +29,7 @@ class Problem(Exception):
         *,
         errors: list[dict[str, str]] | None = None,
         headers: dict[str, str] | None = None,
+        close_connection: bool = False,
         **extra: Any,
     ) -> None:
         super().__init__(detail or code)
@@ -37,6 +38,7 @@ class Problem(Exception):
         self.detail = detail
         self.errors = errors
         self.headers = headers or {}
+        self.close_connection = close_connection  # the request's bytes cannot be trusted
         self.extra = extra
 
     def body(self) -> dict[str, Any]:
@@ -54,12 +56,15 @@ class Problem(Exception):
 
 
 def problem_response(problem: Problem) -> web.Response:
-    return web.Response(
+    response = web.Response(
         status=problem.status,
         body=orjson.dumps(problem.body()),
         content_type=PROBLEM_JSON,
         headers=problem.headers,
     )
+    if problem.close_connection:
+        response.force_close()
+    return response
 
 
 def unavailable(detail: str = "A dependency is unavailable, try again shortly.") -> Problem:

@@ -27,7 +27,7 @@ from .db import Database
 from .events import Event
 from .health import CachedCheck, health_response, probe
 from .idempotency import Idempotency, IdempotencyMixin
-from .migrations import upgrade
+from .migrations import WrongEncoding, upgrade
 from .openapi import Route, openapi_handler, register
 from .outbox import (
     OUTBOX_ROW_HEADER,
@@ -348,7 +348,11 @@ def run_service(
     if not settings.production and not settings.jwt_public_key:
         ensure_dev_keys(settings.keys_dir / "jwt_ed25519.pem", settings.public_key_path)
     log.info("%s: migrating %s", settings.service_name, _safe_url(settings.database_url or ""))
-    upgrade(migrations, settings.database_url or "")
+    try:
+        upgrade(migrations, settings.database_url or "")
+    except WrongEncoding as exc:
+        log.critical("%s: refusing to start: %s", settings.service_name, exc)
+        raise SystemExit(2) from None
 
     async def build() -> web.Application:
         return factory(settings)

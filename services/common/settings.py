@@ -46,6 +46,13 @@ class CommonSettings(BaseSettings):
     # token that was logged out cannot be replayed straight at a service.
     check_revocation: bool = Field(True, validation_alias="CHECK_REVOCATION")
 
+    # Seconds for a whole request body to arrive (else 408), shared by every component.
+    body_timeout_seconds: float = Field(15.0, gt=0, validation_alias="BODY_TIMEOUT_SECONDS")
+    # Seconds an idle connection stays open; it also bounds how long a client may take to
+    # send a request's headers (aiohttp has no separate header timeout). A service's must
+    # exceed the gateway's pool keep-alive (60 s), so the gateway closes first.
+    keepalive_timeout_seconds: float = Field(75.0, gt=0)
+
     host: str = "127.0.0.1"
     port: int = 8080
 

@@ -143,7 +143,8 @@ class TokenVerifier:
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise InvalidToken(type(exc).__name__) from exc
         sub, role = claims.get("sub"), claims.get("role")
-        if not (isinstance(sub, str) and sub.isdigit() and role in ROLES):
+        # ASCII digits only: int() of "\u00b9" (a digit to isdigit()) raises.
+        if not (isinstance(sub, str) and sub.isascii() and sub.isdigit() and role in ROLES):
             raise InvalidToken("bad claims")
         if claims.get("typ") != "access":
             raise InvalidToken("not an access token")

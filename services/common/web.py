@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import PayloadEncodingError
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 
@@ -24,13 +26,18 @@ from .tokens import Identity, InvalidToken, RevocationList, TokenVerifier, beare
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
+# Content codings a body may arrive in: the ones aiohttp decodes (br and zstd with the
+# Brotli and backports.zstd packages). Any other coding it would hand on still coded.
+BODY_CODINGS = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})
 GC_THRESHOLD = 10_000  # allocations between young-generation passes (CPython: 700)
 MAX_ID = 2**63 - 1
 JSON_TYPES = ("application/json",)
+DEFAULT_BODY_TIMEOUT = 15.0  # seconds for a whole request body to arrive
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+body_timeout_key = web.AppKey("body_timeout", float)
 verifier_key = web.AppKey("verifier", TokenVerifier)
 revocations_key = web.AppKey("revocations", RevocationList)
 redis_key = web.AppKey("redis", Redis)
@@ -66,14 +73,70 @@ def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
     return errors
 
 
+def _too_large() -> Problem:
+    return Problem(413, "payload_too_large", "The request body is larger than 64 KiB.")
+
+
+def check_body_coding(request: web.BaseRequest) -> None:
+    """415 for a Content-Encoding that the server would not decode (it would hand the
+    coded bytes on as if they were the body)."""
+    codings = request.headers.getall("Content-Encoding", [])
+    # Two header lines are two codings, of which aiohttp would undo only the first.
+    coding = codings[0].strip().lower() if len(codings) == 1 else "" if not codings else ","
+    if coding not in BODY_CODINGS:
+        raise Problem(
+            415,
+            "unsupported_content_encoding",
+            "Send the body uncoded, or coded with gzip, deflate, br or zstd.",
+            headers={"Accept-Encoding": "gzip, deflate, br, zstd"},
+        )
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, decoded: 415 for an unknown coding, 400 for a body that does not
+    decode, 413 past 64 KiB (counted after decoding, so a zip bomb is refused while it
+    inflates), 408 when it has not all arrived within the body timeout."""
+    check_body_coding(request)
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise _too_large()
+    timeout = request.app.get(body_timeout_key, DEFAULT_BODY_TIMEOUT)
+    try:
+        async with asyncio.timeout(timeout):
+            # client_max_size turns an oversize (decoded or chunked) body into 413.
+            return await request.read()
+    except TimeoutError as exc:
+        _abandon_body(request)
+        raise Problem(
+            408,
+            "request_timeout",
+            f"The request body did not arrive within {timeout:g} seconds.",
+            close_connection=True,
+        ) from exc
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise _too_large() from exc
+    except (RequestPayloadError, PayloadEncodingError) as exc:
+        # aiohttp reports a body that fails to inflate (garbage gzip or deflate) this way.
+        _abandon_body(request)
+        raise Problem(
+            400,
+            "malformed_body",
+            "The request body does not decode as its Content-Encoding says.",
+            close_connection=True,
+        ) from exc
+
+
+def _abandon_body(request: web.BaseRequest) -> None:
+    """Take the body as ended: the answer goes out at once and the connection closes,
+    instead of aiohttp reading on for up to 10 s (and logging the broken body's error)."""
+    request.content.feed_eof()
+
+
 async def read_json(request: web.Request, model: type[M]) -> M:
     """Parse and validate the body: 413 if too large, 415 if not JSON, 400 if invalid.
 
     An empty body counts as `{}`; unknown fields are ignored (the models decide).
     """
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise Problem(413, "payload_too_large", "The request body is larger than 64 KiB.")
-    raw = await request.read()  # client_max_size turns an oversize chunked body into 413
+    raw = await read_body(request)
     if not raw.strip():
         raw = b"{}"
     elif not _is_json(request.content_type):
@@ -97,33 +160,59 @@ async def read_json(request: web.Request, model: type[M]) -> M:
         ) from exc
 
 
+def ascii_int(raw: str, max_digits: int) -> int | None:
+    """The value of a string of 1 to `max_digits` ASCII digits, else None.
+
+    `int()` alone also takes other scripts' digits (Arabic-Indic "\\u0661\\u0660"; and
+    superscript "\\u00b9" passes `isdigit()` but not `int()`), underscores ("1_0"), signs
+    and spaces, and fails past 4,300 digits.
+    """
+    if 0 < len(raw) <= max_digits and raw.isascii() and raw.isdigit():
+        return int(raw)
+    return None
+
+
 def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not re.fullmatch(r"\d{1,12}", raw) or not low <= int(raw) <= high:
+    value = ascii_int(raw, len(str(high)))
+    if value is None or not low <= value <= high:
         raise Problem(
             400,
             "invalid_query",
             f"`{name}` must be an integer from {low} to {high}.",
             errors=[{"field": name, "message": f"must be an integer from {low} to {high}"}],
         )
-    return int(raw)
+    return value
+
+
+MAX_OFFSET = 10**9
 
 
 def page(request: web.Request) -> tuple[int, int]:
     """`?limit=` (1-200, default 50) and `?offset=` (default 0)."""
     limit = query_int(request, "limit", 50, 1, 200)
-    offset = query_int(request, "offset", 0, 0, 10**9)
+    offset = query_int(request, "offset", 0, 0, MAX_OFFSET)
     return limit, offset
 
 
-def path_id(request: web.Request, name: str = "id") -> int:
-    """A positive id from the path; anything else names nothing, so it is a 404."""
-    raw = request.match_info.get(name, "")
-    if not raw.isdigit() or not 0 < int(raw) <= MAX_ID:
-        raise Problem(404, "not_found", "No such resource.")
-    return int(raw)
+def path_id(
+    request: web.Request,
+    name: str = "id",
+    *,
+    code: str = "not_found",
+    detail: str = "No such resource.",
+) -> int:
+    """A positive id from the path; anything else names nothing, so it is the route's 404.
+
+    Only ASCII digits, and within a 64-bit signed integer (PostgreSQL's BIGINT and
+    SQLite's INTEGER), so a lookup can never overflow the database.
+    """
+    value = ascii_int(request.match_info.get(name, ""), len(str(MAX_ID)))
+    if value is None or not 0 < value <= MAX_ID:
+        raise Problem(404, code, detail)
+    return value
 
 
 async def authenticate(request: web.Request, *, local_revocations: bool = False) -> Identity:
@@ -248,10 +337,12 @@ def base_app(
     errors included);
     `middlewares` run inside the error handler (their exceptions become problems).
     """
-    return web.Application(
+    app = web.Application(
         middlewares=[request_id_middleware, *(outer or []), error_middleware, *(middlewares or [])],
         client_max_size=MAX_BODY,
     )
+    app[body_timeout_key] = settings.body_timeout_seconds
+    return app
 
 
 def configure_logging(level: str) -> None:
@@ -291,6 +382,7 @@ def serve(app_factory: Callable[[], Awaitable[web.Application]], settings: Commo
         port=settings.port,
         access_log_class=AccessLogger,
         shutdown_timeout=3.0,
+        keepalive_timeout=settings.keepalive_timeout_seconds,
         print=None,
         backlog=1024,
     )

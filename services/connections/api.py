@@ -118,7 +118,9 @@ async def list_connections(request: web.Request) -> web.Response:
 
 async def remove(request: web.Request) -> web.Response:
     identity = await authenticate(request)
-    await service.remove(request.app[ctx_key], identity=identity, connection_id=path_id(request))
+    # An id that cannot exist gets the same answer as one that is not the caller's.
+    connection_id = path_id(request, code="connection_not_found", detail="No such connection.")
+    await service.remove(request.app[ctx_key], identity=identity, connection_id=connection_id)
     return web.Response(status=204)
 
 

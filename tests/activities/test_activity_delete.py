@@ -1,10 +1,13 @@
-"""Deleting an activity: owner only, it leaves the list, open invites become cancelled."""
+"""Deleting an activity: owner only, it leaves the list, every invite becomes cancelled."""
 
 from __future__ import annotations
 
+import asyncio
+from urllib.parse import quote
+
 import pytest
 
-from ..api import Api, assert_problem
+from ..api import Account, Api, assert_problem, eventually
 from .conftest import (
     UNKNOWN_ID,
     by_id,
@@ -18,7 +21,8 @@ from .conftest import (
 )
 
 
-async def test_delete_cancels_open_invites_and_hides_activity(api: Api) -> None:
+async def test_delete_cancels_every_invite_and_hides_activity(api: Api) -> None:
+    """API.md, version 3: every invite of it, the declined one included."""
     pro = await api.signup("professional")
     pending, accepted, declined = await connected_clients(api, pro, 3)
     activity = await create(api, pro, title="Doomed")
@@ -41,9 +45,36 @@ async def test_delete_cancels_open_invites_and_hides_activity(api: Api) -> None:
     }
     assert statuses[pending.id] == {i_pending["id"]: "cancelled", i_kept["id"]: "pending"}
     assert statuses[accepted.id] == {i_accepted["id"]: "cancelled"}
-    assert statuses[declined.id] == {i_declined["id"]: "declined"}
+    assert statuses[declined.id] == {i_declined["id"]: "cancelled"}
     [kept_listed] = await listing(api, pro)
     assert kept_listed["invites"] == {"pending": 1, "accepted": 0, "declined": 0}
+
+
+async def test_delete_notifies_only_clients_still_expecting_it(api: Api) -> None:
+    """`activity.cancelled` goes to the clients with a pending or accepted invite."""
+    pro = await api.signup("professional")
+    pending, accepted, declined = await connected_clients(api, pro, 3)
+    activity = await create(api, pro, title="Called off")
+    invites = {
+        c.id: await invite(api, pro, activity["id"], c) for c in (pending, accepted, declined)
+    }
+    await respond(api, accepted, invites[accepted.id]["id"], "accept")
+    await respond(api, declined, invites[declined.id]["id"], "decline")
+    await delete(api, pro, activity["id"])
+
+    async def cancelled_for(client: Account) -> list[dict]:
+        reply = await api.call("GET", "/api/notifications?limit=200", token=client.token)
+        assert reply.status == 200, reply.text
+        return [m for m in reply.body if m["type"] == "activity.cancelled"]
+
+    for client in (pending, accepted):
+        [message] = await eventually(lambda c=client: cancelled_for(c))
+        assert message["data"]["activity"]["id"] == activity["id"]
+    await asyncio.sleep(0.3)  # what would have been sent to the declined client is there by now
+    assert await cancelled_for(declined) == []
+    for client in (pending, accepted, declined):
+        [listed] = await listing(api, client)
+        assert listed["status"] == "cancelled"
 
 
 async def test_delete_without_invites(api: Api) -> None:
@@ -81,13 +112,46 @@ async def test_delete_unknown_activity(api: Api) -> None:
     assert_problem(reply, 404, "activity_not_found")
 
 
-@pytest.mark.parametrize("raw", ["abc", "0", "-1", "1.5", "1e3", str(2**63), "%20"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "abc",
+        "0",
+        "-1",
+        "1.5",
+        "1e3",
+        str(2**63),
+        "%20",
+        "%C2%B9%C2%B2",  # superscript one and two: isdigit() but not int() (was a 500)
+        "%E2%91%A0",  # a circled one
+        "1" * 4301,  # past int()'s digit limit (was a 500)
+        "9" * 20,
+        "1_0",
+        "+1",
+        "%201",
+        "0x1",
+    ],
+)
 async def test_delete_non_numeric_id(api: Api, raw: str) -> None:
     pro = await api.signup("professional")
     await create(api, pro)
     reply = await api.call("DELETE", f"/api/activities/{raw}", token=pro.token)
-    assert_problem(reply, 404)
+    assert_problem(reply, 404, "activity_not_found")
     assert len(await listing(api, pro)) == 1
+
+
+async def test_delete_with_other_scripts_digits_deletes_nothing(api: Api) -> None:
+    """`/api/activities/\\u0661\\u0660\\u0660\\u0660\\u0661` (Arabic-Indic digits)
+    deleted activity 10001."""
+    pro = await api.signup("professional")
+    activity = await create(api, pro)
+    # Arabic-Indic, Extended Arabic-Indic, fullwidth and NKo digits.
+    for zero in (0x660, 0x6F0, 0xFF10, 0x7C0):
+        spelled = "".join(chr(zero + int(d)) for d in str(activity["id"]))
+        reply = await api.call("DELETE", f"/api/activities/{quote(spelled)}", token=pro.token)
+        assert_problem(reply, 404, "activity_not_found")
+        assert [a["id"] for a in await listing(api, pro)] == [activity["id"]]
+    await delete(api, pro, activity["id"])
 
 
 async def test_delete_by_client_is_forbidden(api: Api) -> None:

@@ -24,7 +24,7 @@ from services.common.service_app import make_redis
 from services.common.tables import Id
 
 from ..infra import RedisServer
-from ..stack import _admin
+from ..stack import _admin, create_database_sql
 
 
 class Base(DeclarativeBase):
@@ -87,7 +87,7 @@ async def fresh_url(backend: str, pg_url: str | None, tmp_path: Path) -> AsyncIt
         return
     assert pg_url
     name = f"hc_t_{uuid.uuid4().hex[:12]}"
-    await _admin(pg_url, [f'CREATE DATABASE "{name}"'])
+    await _admin(pg_url, [create_database_sql(name)])
     try:
         yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import quote
 
 import pytest
 import redis.asyncio as aioredis
@@ -96,3 +97,40 @@ async def test_bad_since_is_400(api: Api, since: str) -> None:
     reply = await api.call("GET", f"/api/notifications?since={since}", token=user.token)
     assert_problem(reply, 400)
     assert any(e["field"] == "since" for e in reply.body.get("errors", [])), reply.body
+
+
+async def test_offset_counts_after_since(api: Api, shared_redis: aioredis.Redis) -> None:
+    """API.md, version 3: `?offset=` like every list, counted after `since` if given."""
+    user = await api.signup("client")
+    await publish(shared_redis, [synthetic_invite([user.id], n) for n in range(30)])
+    log = await wait_log(api, user, 30)
+
+    async def listed(query: str) -> list[dict]:
+        reply = await api.call("GET", f"/api/notifications?{query}", token=user.token)
+        assert reply.status == 200, reply.text
+        return reply.body
+
+    assert await listed("offset=0") == log
+    assert await listed("offset=10") == log[10:]
+    assert await listed("offset=10&limit=5") == log[10:15]
+    assert await listed(f"since={log[4]['id']}&offset=3&limit=2") == log[8:10]
+    assert await listed("offset=30") == []
+    assert await listed("offset=1000000000") == []
+
+
+@pytest.mark.parametrize(
+    "offset",
+    ["-1", "abc", "1.5", "", "1e3", "1_0", "+1", " 1", "1000000001", "\u0661", "\u00b9"],
+)
+async def test_bad_offset_is_400(api: Api, offset: str) -> None:
+    user = await api.signup("client")
+    reply = await api.call("GET", f"/api/notifications?offset={quote(offset)}", token=user.token)
+    assert_problem(reply, 400, "invalid_query")
+    assert any(e["field"] == "offset" for e in reply.body.get("errors", [])), reply.body
+
+
+@pytest.mark.parametrize("since", ["\u0661\u0660", "\u0661-\u0660", "1_0", "\u00b9"])
+async def test_since_in_other_digits_is_400(api: Api, since: str) -> None:
+    user = await api.signup("client")
+    reply = await api.call("GET", f"/api/notifications?since={quote(since)}", token=user.token)
+    assert_problem(reply, 400)
