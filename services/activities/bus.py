@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from services.common.consumer import UnitOfWork, Units
 from services.common.db import Database
 from services.common.events import CONNECTION_EVENTS, CONNECTIONS_STREAM, ConnectionEvent
 
-from .service import on_connection_changed
+from .service import on_connection_changed, on_connections_changed
 
 GROUP = "activities"
 STREAMS = [CONNECTIONS_STREAM]
@@ -16,5 +18,11 @@ def on_connection_event(event: ConnectionEvent) -> UnitOfWork:
     return on_connection_changed(event.data.connection)
 
 
+def on_connection_events(events: Sequence[ConnectionEvent]) -> UnitOfWork:
+    return on_connections_changed([event.data.connection for event in events])
+
+
 def handler(db: Database) -> Units:
-    return Units(db, dict.fromkeys(CONNECTION_EVENTS, on_connection_event))
+    return Units(
+        db, dict.fromkeys(CONNECTION_EVENTS, on_connection_event), batch=on_connection_events
+    )

@@ -13,7 +13,7 @@ from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from services.common.consumer import CatchUp, CopyBehind
-from services.common.copies import apply_connection
+from services.common.copies import apply_connections
 from services.common.db import Database, utcnow
 from services.common.events import (
     ActivityCancelled,
@@ -425,44 +425,57 @@ async def delete_activity(ctx: ActivitiesContext, *, identity: Identity, activit
 
 
 def on_connection_changed(connection: ConnectionData) -> Callable[[Session], None]:
+    """The unit of work of one connection event (see `on_connections_changed`)."""
+    return on_connections_changed([connection])
+
+
+def on_connections_changed(connections: Sequence[ConnectionData]) -> Callable[[Session], None]:
     """Keep the copy of connections; a removal cancels the pending invites of the pair.
 
     An event older than the stored state, or carrying that same state again, is ignored,
     so redelivery and reordering leave the newest state, and a cancellation happens once.
     The copy is keyed by the connection's id, so a late removal of an older connection
-    never cancels what a newer connection of the same pair allows. Returns the unit of
-    work (the consumer may apply a batch of them in one transaction).
+    never cancels what a newer connection of the same pair allows. A batch is applied in
+    one statement, then the removals it brought cascade. Returns the unit of work.
     """
 
     def apply(session: Session) -> None:
-        if not apply_connection(session, ConnectionCopy, connection):
-            return  # older than the copy, or the very state it already holds (a replay)
-        if connection.status != "removed" or connection.client.id is None:
-            return
-        if _connected(
-            session, connection.professional.id or 0, connection.client.id, other_than=connection.id
-        ):
-            return  # a late removal of an older connection: the pair's invites stand
-        rows = session.execute(
-            select(Invite, Activity)
-            .join(Activity, Activity.id == Invite.activity_id)
-            .where(
-                Invite.professional_id == connection.professional.id,
-                Invite.client_id == connection.client.id,
-                Invite.status == "pending",
-            )
-            .with_for_update(of=Invite)
-        ).all()
-        now = utcnow()
-        for row, activity in rows:
-            row.status = "cancelled"
-            row.updated_at = now
-            stage(
-                session,
-                ActivityInviteCancelled(
-                    data=InvitePayload(invite=invite_view(row, activity)),
-                    recipient_ids=[row.client_id],
-                ),
-            )
+        changed = apply_connections(session, ConnectionCopy, connections)
+        removals = {
+            c.id: c
+            for c in connections
+            if c.id in changed and c.status == "removed" and c.client.id is not None
+        }
+        for connection in removals.values():
+            _cascade_removal(session, connection)
 
     return apply
+
+
+def _cascade_removal(session: Session, connection: ConnectionData) -> None:
+    assert connection.client.id is not None
+    if _connected(
+        session, connection.professional.id or 0, connection.client.id, other_than=connection.id
+    ):
+        return  # a late removal of an older connection: the pair's invites stand
+    rows = session.execute(
+        select(Invite, Activity)
+        .join(Activity, Activity.id == Invite.activity_id)
+        .where(
+            Invite.professional_id == connection.professional.id,
+            Invite.client_id == connection.client.id,
+            Invite.status == "pending",
+        )
+        .with_for_update(of=Invite)
+    ).all()
+    now = utcnow()
+    for row, activity in rows:
+        row.status = "cancelled"
+        row.updated_at = now
+        stage(
+            session,
+            ActivityInviteCancelled(
+                data=InvitePayload(invite=invite_view(row, activity)),
+                recipient_ids=[row.client_id],
+            ),
+        )

@@ -80,10 +80,17 @@ class Units:
     """
 
     def __init__(
-        self, db: Database, handlers: Mapping[type[Event], Callable[[Any], UnitOfWork]]
+        self,
+        db: Database,
+        handlers: Mapping[type[Event], Callable[[Any], UnitOfWork]],
+        *,
+        batch: Callable[[Sequence[Any]], UnitOfWork] | None = None,
     ) -> None:
         self.db = db
         self.table = dict(handlers)
+        # One unit for a whole batch of handled events (fewer statements than a unit per
+        # event); None: the units of the events, one after the other.
+        self.batch = batch
 
     async def __call__(self, event: Event) -> None:
         build = self.table.get(type(event))
@@ -93,9 +100,13 @@ class Units:
         await self.db.write(build(event), background=True)
 
     async def many(self, events: Sequence[Event]) -> None:
-        units = [build(e) for e in events if (build := self.table.get(type(e))) is not None]
-        if not units:
+        handled = [e for e in events if type(e) in self.table]
+        if not handled:
             return
+        if self.batch is not None:
+            await self.db.write(self.batch(handled), background=True)
+            return
+        units = [self.table[type(e)](e) for e in handled]
 
         def apply_all(session: Session) -> None:
             for unit in units:
@@ -606,12 +617,14 @@ class ReadBarrier:
             progress = await self.progress()
             if waiter.check(progress):
                 return True
-            if (
-                about is not None
-                and waiter.targets is not None
-                and not await self._in_flight_about(progress, about)
-            ):
-                return True
+            if about is not None and waiter.targets is not None:
+                # Wait only up to the newest in-flight entry about the caller, if any.
+                relevant = await self._in_flight_about(progress, about)
+                if relevant is None:
+                    return True
+                waiter.targets = relevant
+                if waiter.check(progress):
+                    return True
         except (redis.exceptions.RedisError, OSError):
             return False
         self._waiters.append(waiter)
@@ -626,25 +639,30 @@ class ReadBarrier:
 
     async def _in_flight_about(
         self, progress: list[StreamProgress], about: Callable[[Event], bool]
-    ) -> bool:
-        """Is any entry the group has not handled yet (up to the targets) about the caller?
-        One XRANGE per stream, from the oldest entry in flight to the target."""
+    ) -> list[EntryId] | None:
+        """The newest entry per stream that the group has not handled yet (up to the
+        targets) and that is about the caller: what the caller must wait for. None when
+        there is none. One XRANGE per stream, from the oldest entry in flight on."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for stream, p in zip(self.streams, progress, strict=True):
                 start = _format_id(p.inflight) if p.inflight else f"({_format_id(p.delivered)}"
                 pipe.xrange(stream, min=start, max=_format_id(p.last), count=SCAN_LIMIT + 1)
             replies = await pipe.execute()
+        targets: list[EntryId] = []
+        found = False
         for entries in replies:
             if len(entries) > SCAN_LIMIT:
-                return True  # a long backlog: not worth reading through, just wait
-            for _, fields in entries:
+                return [q.last for q in progress]  # a long backlog: wait for all of it
+            newest: EntryId = (0, 0)  # nothing to wait for on this stream
+            for entry_id, fields in entries:
                 try:
                     event = decode_entry(fields or {})
                 except (ValidationError, ValueError):
                     continue  # never applied: it goes to the dead letters
                 if about(event):
-                    return True
-        return False
+                    newest, found = _id_tuple(entry_id), True
+            targets.append(newest)
+        return targets if found else None
 
     async def run(self) -> None:
         """The poller: while anyone waits, check progress on every kick or every few ms."""

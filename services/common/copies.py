@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import String, and_, bindparam, or_
@@ -44,6 +45,37 @@ def _upsert(table: Any, dialect: str) -> Any:
     ).returning(held.connection_id)
 
 
+def apply_connections(
+    session: Session, model: type[ConnectionCopyMixin], connections: Sequence[ConnectionData]
+) -> set[int]:
+    """`apply_connection` for a batch, in one statement: the ids whose copy changed.
+
+    Only the last state of each connection in the batch is kept (the stream orders one
+    connection's events by commit, and the upsert keeps the newest anyway), since one
+    statement may not touch a row twice. One round trip instead of one per event: on a
+    busy process every statement waits its turn in the event loop.
+    """
+    latest: dict[int, ConnectionData] = {}
+    for connection in connections:
+        latest[connection.id] = connection
+    if not latest:
+        return set()
+    table = model.__table__  # type: ignore[attr-defined]
+    stmt = _upsert(table, session.get_bind().dialect.name)
+    rows = session.execute(stmt, [_values(c) for c in latest.values()])
+    return {row[0] for row in rows}
+
+
+def _values(connection: ConnectionData) -> dict[str, Any]:
+    return {
+        "connection_id": connection.id,
+        "professional_id": connection.professional.id or 0,
+        "client_id": connection.client.id,
+        "status": connection.status,
+        "updated_at": connection.updated_at,
+    }
+
+
 def apply_connection(
     session: Session, model: type[ConnectionCopyMixin], connection: ConnectionData
 ) -> bool:
@@ -55,11 +87,4 @@ def apply_connection(
     """
     table = model.__table__  # type: ignore[attr-defined]
     stmt = _upsert(table, session.get_bind().dialect.name)
-    values = {
-        "connection_id": connection.id,
-        "professional_id": connection.professional.id or 0,
-        "client_id": connection.client.id,
-        "status": connection.status,
-        "updated_at": connection.updated_at,
-    }
-    return session.execute(stmt, values).first() is not None
+    return session.execute(stmt, _values(connection)).first() is not None

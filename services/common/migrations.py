@@ -149,3 +149,22 @@ def drop_idempotency_table() -> None:
 
     op.drop_index("ix_idempotency_keys_created_at", table_name="idempotency_keys")
     op.drop_table("idempotency_keys")
+
+
+def add_outbox_txid() -> None:
+    """`outbox.txid`: the writing transaction's id (PostgreSQL), the relay's order there."""
+    import sqlalchemy as sa
+    from alembic import op
+
+    op.add_column("outbox", sa.Column("txid", sa.BigInteger(), nullable=True))
+    op.create_index(
+        "ix_outbox_unpublished_txid", "outbox", ["published_at", "txid", "id"], unique=False
+    )
+
+
+def drop_outbox_txid() -> None:
+    from alembic import op
+
+    op.drop_index("ix_outbox_unpublished_txid", table_name="outbox")
+    with op.batch_alter_table("outbox") as batch:
+        batch.drop_column("txid")

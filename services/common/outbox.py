@@ -1,11 +1,24 @@
 """Transactional outbox: events are written with the change, then relayed to Redis Streams.
 
-`Outbox.add()` stages an event on the session; just before that transaction commits the
-staged rows are inserted, so the change and its event commit (or roll back) together.
-The relay, one active per database, XADDs unsent rows in id order and marks them sent.
-Rows are numbered in commit order: on PostgreSQL the insert takes a transaction-level
-advisory lock, and SQLite has a single writer, so no later id can commit before an
-earlier one and a stream keeps commit order.
+`stage()` puts an event on the session; just before that transaction commits the staged
+rows are inserted, so the change and its event commit (or roll back) together. The
+relay, one active per database, XADDs unsent rows in order and marks them sent.
+
+The order is the order of commits where it matters, without making writers wait for
+each other:
+- SQLite has a single writer, so row ids follow commit order: rows go out by id.
+- PostgreSQL: each row records its transaction's id (`txid`), and the relay publishes
+  only rows of transactions older than every transaction still running (the snapshot's
+  xmin), by (txid, id). That set never grows behind the relay's back, so a stream never
+  gets an older row after a newer one; and a change that depends on another (it read it
+  after its commit) has a later txid, so causes go out before their consequences. (It
+  used to be a global advisory lock held from the outbox insert to the commit: every
+  write of a service committed one at a time, and a consumer's write waited its turn
+  behind a burst of requests.)
+
+A row's position in its stream (`position`: txid on PostgreSQL, id on SQLite) only grows
+in publishing order; it travels in each entry (`row`) and in the answer
+(`X-Outbox-Row`), for the read barriers (consumer.ReadBarrier).
 """
 
 from __future__ import annotations
@@ -26,7 +39,21 @@ import sqlalchemy.exc
 from aiohttp import web
 from faststream.redis.parser import BinaryMessageFormatV1
 from redis.asyncio import Redis
-from sqlalchemy import Index, String, Text, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import (
+    BigInteger,
+    Index,
+    String,
+    Text,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column
 
 from .db import Database, UTCDateTime, utcnow
@@ -38,7 +65,7 @@ log = logging.getLogger(__name__)
 
 # The outbox rows committed while handling the current request (set per request by
 # `Outbox.middleware`), so the reply can wait until they are on the stream.
-_committed_rows: ContextVar[list[dict[str, int]] | None] = ContextVar(
+_committed_rows: ContextVar[list[dict[str, tuple[int, int]]] | None] = ContextVar(
     "outbox_committed_rows", default=None
 )
 OUTBOX_ROW_HEADER = "X-Outbox-Row"  # service -> gateway: `<stream>=<row id>[,...]`
@@ -99,10 +126,15 @@ class OutboxMixin:
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     published_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     stream_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # PostgreSQL: the id of the transaction that wrote the row (see the module docstring).
+    txid: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
     @declared_attr.directive
     def __table_args__(cls) -> tuple[Any, ...]:
-        return (Index("ix_outbox_unpublished", "published_at", "id"),)
+        return (
+            Index("ix_outbox_unpublished", "published_at", "id"),
+            Index("ix_outbox_unpublished_txid", "published_at", "txid", "id"),
+        )
 
 
 async def encode(payload: bytes, *, event_id: str, event_type: str) -> bytes:
@@ -146,19 +178,41 @@ class Outbox:
         self.last_error: str | None = None
         self._errors = ErrorOnce(log, f"{name} outbox relay")
         self.published = 0
-        self.published_upto = 0  # highest row id on the stream (ids follow commit order)
+        # (position, id) of the last row on the stream: rows go out in that order.
+        self.published_upto: tuple[int, int] = (0, 0)
         self._progress = asyncio.Event()
         self._xadd_at = redis.register_script(XADD_AT)
-        self._unsent = (
-            select(
-                model.id, model.event_id, model.stream, model.type, model.payload, model.created_at
-            )
-            .where(model.published_at.is_(None))
-            .order_by(model.id)
-            .limit(BATCH)
-        )
         table = model.__table__
-        self._insert = insert(table).returning(table.c.id)
+        self.postgres = db.dialect == "postgresql"
+        columns = (model.id, model.event_id, model.stream, model.type, model.payload)
+        if self.postgres:
+            finished = model.txid < literal_column(
+                "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+            )
+            self._unsent = (
+                select(*columns, model.created_at, func.coalesce(model.txid, 0).label("position"))
+                .where(model.published_at.is_(None), or_(model.txid.is_(None), finished))
+                .order_by(model.txid.nulls_first(), model.id)
+                .limit(BATCH)
+            )
+            self._insert = (
+                insert(table)
+                .values(txid=literal_column("pg_current_xact_id()::text::bigint"))
+                .returning(table.c.id, table.c.txid)
+            )
+        else:
+            self._unsent = (
+                select(*columns, model.created_at, model.id.label("position"))
+                .where(model.published_at.is_(None))
+                .order_by(model.id)
+                .limit(BATCH)
+            )
+            self._insert = insert(table).returning(table.c.id, table.c.id)
+        self._newest = select(
+            model.stream,
+            func.max(func.coalesce(model.txid, 0) if self.postgres else model.id).label("position"),
+            func.max(model.id).label("id"),
+        ).group_by(model.stream)
         self._published_at = select(model.published_at).where(model.id == bindparam("row_id"))
         db.on_before_commit(self._insert_staged)
         db.on_after_commit(self._after_commit)
@@ -167,9 +221,6 @@ class Outbox:
         events: list[Event] = session.info.pop(STAGED, [])
         if not events:
             return
-        if self.db.dialect == "postgresql":
-            # Held until commit: rows get ids in commit order (see module docstring).
-            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(self.name)})
         now = utcnow()
         rows = [
             {
@@ -183,10 +234,10 @@ class Outbox:
         ]
         # A Core insert, not ORM objects: this runs in every write (about a third of the
         # CPU of a one-row unit of work went into flushing these through the ORM).
-        ids = session.scalars(self._insert, rows).all()
-        last: dict[str, int] = {}
-        for row_id, row in zip(ids, rows, strict=True):
-            last[row["stream"]] = max(row_id, last.get(row["stream"], 0))
+        written = session.execute(self._insert, rows).all()
+        last: dict[str, tuple[int, int]] = {}
+        for (row_id, position), row in zip(written, rows, strict=True):
+            last[row["stream"]] = max((position, row_id), last.get(row["stream"], (0, 0)))
         session.info["outbox.last_rows"] = last
 
     def _after_commit(self, session: Session) -> None:
@@ -197,16 +248,17 @@ class Outbox:
             if committed is not None:
                 committed.append(last_rows)
 
-    async def wait_published(self, row_id: int, *, within: float) -> bool:
-        """Wait until outbox row `row_id` is on its stream; False when time ran out."""
+    async def wait_published(self, upto: tuple[int, int], *, within: float) -> bool:
+        """Wait until the row at (position, id) `upto` is on its stream; False when time
+        ran out."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
-        while self.published_upto < row_id:
+        while self.published_upto < upto:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
             if not self.leader:  # another replica relays: watch the row itself
-                rows = await self.db.fetch(self._published_at, row_id=row_id)
+                rows = await self.db.fetch(self._published_at, row_id=upto[1])
                 if rows and rows[0]["published_at"] is not None:
                     return True
                 await asyncio.sleep(min(0.005, remaining))
@@ -216,6 +268,26 @@ class Outbox:
                 async with asyncio.timeout(remaining):
                     await progress.wait()
         return True
+
+    async def newest(self) -> dict[str, tuple[int, int]]:
+        """(position, id) of the newest row of each stream, published or not."""
+        rows = await self.db.fetch(self._newest)
+        return {row["stream"]: (row["position"], row["id"]) for row in rows}
+
+    async def reply_after(
+        self, response: web.StreamResponse, last: dict[str, tuple[int, int]]
+    ) -> None:
+        """Wait (Redis permitting) until rows up to `last` are out, and tell the gateway
+        where they are (`X-Outbox-Row`): a call that depends on them waits until they are
+        applied, even when this reply leaves before they are on the stream (Redis down, a
+        slow relay). See consumer.ReadBarrier."""
+        if not last:
+            return
+        if self.last_error is None:
+            await self.wait_published(max(last.values()), within=PUBLISH_WAIT_SECONDS)
+        response.headers[OUTBOX_ROW_HEADER] = format_positions(
+            {stream: position for stream, (position, _) in last.items()}
+        )
 
     @web.middleware
     async def middleware(
@@ -233,19 +305,11 @@ class Outbox:
             committed = _committed_rows.get()
         finally:
             _committed_rows.reset(token)
-        if not committed:
-            return response
-        last: dict[str, int] = {}
-        for rows in committed:
-            for stream, row_id in rows.items():
-                last[stream] = max(row_id, last.get(stream, 0))
-        if self.last_error is None:
-            await self.wait_published(max(last.values()), within=PUBLISH_WAIT_SECONDS)
-        # Where this change is in its stream, for the gateway to pass on to later calls
-        # (`X-Read-After`): a call that depends on it waits until it has been applied,
-        # even when the reply left before the event was on the stream (Redis down, a slow
-        # relay). See consumer.ReadBarrier.
-        response.headers[OUTBOX_ROW_HEADER] = format_positions(last)
+        last: dict[str, tuple[int, int]] = {}
+        for rows in committed or []:
+            for stream, upto in rows.items():
+                last[stream] = max(upto, last.get(stream, (0, 0)))
+        await self.reply_after(response, last)
         return response
 
     def wake(self) -> None:
@@ -268,14 +332,14 @@ class Outbox:
                 committed_ms = int(committed.timestamp() * 1000)
                 await self._xadd_at(
                     keys=[row["stream"]],
-                    args=[self.maxlen, committed_ms, data, row["id"]],
+                    args=[self.maxlen, committed_ms, data, row["position"]],
                     client=pipe,
                 )
             stream_ids = await pipe.execute()
         # On the stream now: release the replies waiting for these events before marking
         # the rows (that write queues behind the service's other writers).
         self.published += len(rows)
-        self.published_upto = rows[-1]["id"]
+        self.published_upto = (rows[-1]["position"], rows[-1]["id"])
         progress, self._progress = self._progress, asyncio.Event()
         progress.set()
         now = utcnow()

@@ -20,7 +20,6 @@ from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
-from sqlalchemy import func, select
 
 from .consumer import Consumer, CopyBehind, Handler, ReadBarrier
 from .db import Database
@@ -30,12 +29,9 @@ from .idempotency import Idempotency, IdempotencyMixin
 from .migrations import WrongEncoding, upgrade
 from .openapi import Route, openapi_handler, register
 from .outbox import (
-    OUTBOX_ROW_HEADER,
-    PUBLISH_WAIT_SECONDS,
     READ_AFTER_HEADER,
     Outbox,
     OutboxMixin,
-    format_positions,
     parse_positions,
 )
 from .problems import DomainErrors, domain_error_middleware
@@ -265,19 +261,11 @@ def _events_out_before(outbox: Outbox) -> Callable[[web.Response], Awaitable[Non
     permitting), as the first answer waited for its own. After a kill -9 between commit and
     reply the first answer never left, and its events may still be in the outbox: a client
     acting on the replay must not race them (the same promise as `publish_before_reply`).
-    The replay also carries the newest outbox rows (X-Outbox-Row), for the gateway to pass
+    The replay also carries the newest positions (X-Outbox-Row), for the gateway to pass
     on when they are not out yet (Redis down)."""
-    m = outbox.model
-    newest = select(m.stream, func.max(m.id).label("newest")).group_by(m.stream)
 
     async def wait(response: web.Response) -> None:
-        rows = await outbox.db.fetch(newest)
-        positions = {row["stream"]: row["newest"] for row in rows}
-        if not positions:
-            return
-        if outbox.last_error is None:
-            await outbox.wait_published(max(positions.values()), within=PUBLISH_WAIT_SECONDS)
-        response.headers[OUTBOX_ROW_HEADER] = format_positions(positions)
+        await outbox.reply_after(response, await outbox.newest())
 
     return wait
 
