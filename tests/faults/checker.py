@@ -21,6 +21,8 @@ ZERO = (
     "server_errors",
     "refused",
     "late_cancel",
+    "missed_cancel",
+    "unbound",
     "order",
     "order_cascade",
     "ws_lost",
@@ -41,6 +43,8 @@ COLUMNS = (
     ("unexpected", "unexp"),
     ("refused", "refused"),
     ("late_cancel", "late"),
+    ("missed_cancel", "missed"),
+    ("unbound", "unbound"),
     ("order", "order"),
     ("order_cascade", "ordcas"),
     ("ws_lost", "wslost"),
@@ -53,7 +57,9 @@ LEGEND = [
     "changes: changes that took effect; ambig: applied but answered 503 or nothing, the retry",
     "  got 409; 503, drop: answers retried; 5xx: any other 5xx; lost, dup, unexp: the logs",
     "  against the changes; refused: invites 403 not_connected after the accept returned;",
-    "  late: invite_cancelled of an invite newer than the removal; order: notifications out of",
+    "  late: invite_cancelled of an invite newer than the removal; missed: a removal that",
+    "  returned but left the pair's pending invite open; unbound: a sign-up's invitation not",
+    "  the new client's when the sign-up returned; order: notifications out of",
     "  the order of the changes (ordcas: the late one made by another service reacting to the",
     "  change, e.g. a removal's invite_cancelled); wslost, wsdup: socket frames against the",
     "  log; wrong: data differs from the change's answer; 4xx: other unexpected answers;",
@@ -110,6 +116,13 @@ async def read_log(http: Http, user_id: int) -> list[dict[str, Any]]:
         since = page[-1]["id"]
 
 
+async def invite_states(http: Http) -> dict[int, str]:
+    """Every client's invites as the server holds them now: id -> status."""
+    clients = [u for u in http.record.users.values() if u.role == "client"]
+    pages = await asyncio.gather(*(http.read("/api/activities/list?limit=200", u) for u in clients))
+    return {i["id"]: i["status"] for page in pages for i in page}
+
+
 async def settle(
     http: Http, sockets: dict[int, SocketRecorder], within: float
 ) -> dict[int, list[dict[str, Any]]]:
@@ -138,7 +151,10 @@ async def settle(
 
 
 def check(
-    record: Record, logs: dict[int, list[dict[str, Any]]], sockets: dict[int, SocketRecorder]
+    record: Record,
+    logs: dict[int, list[dict[str, Any]]],
+    sockets: dict[int, SocketRecorder],
+    invites: dict[int, str],
 ) -> Counter[str]:
     counts = record.counts  # record.note() counts into it
     counts["changes"] = len(record.changes)
@@ -146,7 +162,7 @@ def check(
     for exp in record.expected:
         by_user.setdefault(exp.recipient, {})[(exp.type, exp.key)] = exp
     for user_id, log in logs.items():
-        _check_log(record, user_id, log, by_user.get(user_id, {}))
+        _check_log(record, user_id, log, by_user.get(user_id, {}), invites)
     for user_id, recorder in sockets.items():
         _check_socket(record, user_id, logs.get(user_id, []), recorder)
     return counts
@@ -157,7 +173,19 @@ def _check_log(
     user_id: int,
     log: list[dict[str, Any]],
     expected: dict[tuple[str, int], Expected],
+    invites: dict[int, str],
 ) -> None:
+    present = {(e.get("type", ""), entity(e.get("type", ""), e.get("data") or {})) for e in log}
+    # A removal that returned without cancelling the pair's pending invite: its
+    # invite_cancelled never comes, the invite stays open (or a later deletion of the
+    # activity cancels it, with activity.cancelled).
+    missed: set[int] = set()
+    for kind, key in expected:
+        if kind == "activity.invite_cancelled" and (kind, key) not in present:
+            rec = record.invites.get(key)
+            by_deletion = rec is not None and ("activity.cancelled", rec.activity_id) in present
+            if invites.get(key) not in (None, "cancelled") or by_deletion:
+                missed.add(key)
     seen: Counter[tuple[str, int]] = Counter()
     matched: list[tuple[Expected, dict[str, Any]]] = []
     for entry in log:
@@ -169,6 +197,10 @@ def _check_log(
             continue
         exp = expected.get(key)
         if exp is None:
+            if kind == "activity.cancelled" and any(
+                record.invites[i].activity_id == key[1] for i in missed
+            ):
+                continue  # the deletion of an activity whose invite a removal left open
             if kind == "activity.invite_cancelled" and _late(record, key[1]):
                 record.note(
                     "late_cancel",
@@ -193,7 +225,14 @@ def _check_log(
                     "that should cancel it was sent",
                 )
     for (kind, key), exp in expected.items():
-        if not seen[(kind, key)]:
+        if key in missed and kind == "activity.invite_cancelled":
+            record.note(
+                "missed_cancel",
+                f"user {user_id}: invite {key} not cancelled by the {exp.change.op} by "
+                f"{exp.change.actor} (now {invites.get(key)})"
+                f"{', ambiguous' if exp.change.ambiguous else ''}",
+            )
+        elif not seen[(kind, key)]:
             record.note(
                 "lost",
                 f"user {user_id}: no {kind} {key} ({exp.change.op} by {exp.change.actor}"

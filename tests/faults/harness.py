@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .checker import Result, check, quantiles, settle
+from .checker import Result, check, invite_states, quantiles, settle
 from .injector import FAULTS, FaultStack, Timing, inject
 from .sockets import SocketRecorder
 from .workload import REQUEST_TIMEOUT_S, Http, Record, Size, User, Workload
@@ -59,7 +59,7 @@ async def run_fault(target: FaultStack, fault: str, size: Size, seed: int) -> Re
                 did = await injector
             exits = await asyncio.to_thread(target.make_whole)
             logs = await settle(http, sockets, size.settle_s)
-            counts = check(record, logs, sockets)
+            counts = check(record, logs, sockets, await invite_states(http))
             if trace_dir := os.environ.get("FAULTS_TRACE"):
                 dump(Path(trace_dir) / f"{target.backend}-{fault}.txt", record, logs)
         finally:

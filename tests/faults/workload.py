@@ -489,7 +489,7 @@ class Lane:
         listed = await self.http.read("/api/connection/list?limit=200", client)
         if not any(c["id"] == conn_id for c in listed):
             self.record.note(
-                "other_4xx",
+                "unbound",
                 f"connection {conn_id} not in the list of client {client.id} right after "
                 "the sign-up that binds it returned",
             )
@@ -513,6 +513,15 @@ class Lane:
         elif reply.after_trouble(409):
             change = self.wl.count_change(reply, kind, responder.id, ambiguous=True)
             self.wl.expect(initiator.id, kind, self.conn_id, change)
+        elif reply.status == 404 and self.newcomer:
+            # The invitation bound by the sign-up that returned is not the client's yet.
+            self.record.note(
+                "unbound",
+                f"client {self.client.id} answering connection {self.conn_id} after the "
+                "sign-up that binds it returned -> 404",
+            )
+            await asyncio.sleep(0.1)
+            return
         else:
             self.unexpected(kind, reply)
             await self.resync_connection()
@@ -590,29 +599,48 @@ class Lane:
             self.wl.expect(
                 self.client.id, "activity.invited", reply.body["id"], change, {"invite": reply.body}
             )
-        elif reply.status == 403 and reply.code == "not_connected":
+            return
+        if reply.status == 403 and reply.code == "not_connected":
             self.record.note(
                 "refused",
                 f"invite of client {self.client.id} by pro {self.pro.id} refused "
                 f"{(reply.sent - self.accepted_at) * 1000:.0f} ms after connection "
                 f"{self.conn_id} was accepted",
             )
-        elif reply.after_trouble(409):
+        if reply.status in (0, 403, 409) or reply.status >= 500:
+            # What does the server hold? An attempt that went unanswered may have created
+            # the invite (whatever the retry got); or an invite the lane thought cancelled
+            # is still open (a removal that did not cancel it).
             found = await self.resync_invite(activity_id)
-            if found is None:
-                self.unexpected("activity.invited", reply)
+            if found is not None and found["id"] not in self.record.invites:
+                if not reply.troubled:
+                    self.unexpected("activity.invited", reply)
+                    return
+                status = found["status"]
+                change = self.wl.count_change(
+                    reply, "activity.invited", self.pro.id, ambiguous=True
+                )
+                self.track_invite(found["id"], activity_id, reply.sent).status = status
+                self.wl.expect(self.client.id, "activity.invited", found["id"], change)
                 return
-            change = self.wl.count_change(reply, "activity.invited", self.pro.id, ambiguous=True)
-            self.track_invite(found["id"], activity_id, reply.sent)
-            self.wl.expect(self.client.id, "activity.invited", found["id"], change)
-        else:
+            if reply.status == 409 and found is not None:
+                rec = self.record.invites[found["id"]]
+                self.record.note(
+                    "stale_409",
+                    f"invite {found['id']} of {self.pair_text} is {found['status']}, not "
+                    f"{rec.status}: invite -> 409",
+                )
+                rec.status = found["status"]
+                return
+        if reply.status not in (403,):
             self.unexpected("activity.invited", reply)
 
-    def track_invite(self, invite_id: int, activity_id: int, sent: float) -> None:
+    def track_invite(self, invite_id: int, activity_id: int, sent: float) -> InviteRec:
         rec = InviteRec(invite_id, activity_id, self.pair, "pending", sent)
         self.invites[activity_id] = rec
         self.history.append(rec)
         self.record.invites[invite_id] = rec
+        return rec
 
     async def answer_invite(self, invite: InviteRec) -> None:
         assert self.client is not None
