@@ -80,6 +80,7 @@ class Result:
     invite_ms: tuple[float, float]  # median, p99 of the invites that succeeded
     change_ms: tuple[float, float]
     seconds: float
+    phases: tuple[float, float, float] = (0.0, 0.0, 0.0)  # set-up, burst, settle and check
     did: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -321,7 +322,7 @@ def table(results: list[Result], title: str) -> str:
     header = (
         f"{'fault':<17} {'db':<8} "
         + " ".join(f"{h:>{max(len(h), 4)}}" for h in heads)
-        + f" {'inv p50':>8} {'inv p99':>8} {'chg p99':>8} {'secs':>5}"
+        + f" {'inv p50':>8} {'inv p99':>8} {'chg p99':>8} {'secs':>5} {'(set-up+burst+check)':>20}"
     )
     lines.append(header)
     lines.append("-" * len(header))
@@ -329,7 +330,8 @@ def table(results: list[Result], title: str) -> str:
         cells = " ".join(f"{r.counts[c]:>{max(len(h), 4)}}" for c, h in COLUMNS)
         lines.append(
             f"{r.fault:<17} {r.backend:<8} {cells} {r.invite_ms[0]:>8.0f} {r.invite_ms[1]:>8.0f} "
-            f"{r.change_ms[1]:>8.0f} {r.seconds:>5.0f}"
+            f"{r.change_ms[1]:>8.0f} {r.seconds:>5.0f} "
+            f"{'+'.join(f'{p:.0f}' for p in r.phases):>20}"
         )
     lines += LEGEND
     return "\n".join(lines)

@@ -45,6 +45,7 @@ async def run_fault(target: FaultStack, fault: str, size: Size, seed: int) -> Re
         try:
             await workload.setup()
             setup_counts = Counter(record.counts)
+            set_up = loop.time()
 
             async def fault_task() -> str:
                 await workload.done(size.fault_at)
@@ -57,6 +58,7 @@ async def run_fault(target: FaultStack, fault: str, size: Size, seed: int) -> Re
                 await workload.burst()
             finally:
                 did = await injector
+            burst_done = loop.time()
             exits = await asyncio.to_thread(target.make_whole)
             logs = await settle(http, sockets, size.settle_s)
             counts = check(record, logs, sockets, await invite_states(http))
@@ -77,6 +79,7 @@ async def run_fault(target: FaultStack, fault: str, size: Size, seed: int) -> Re
         invite_ms=quantiles(record.latencies["activity.invited"]),
         change_ms=quantiles(all_changes),
         seconds=loop.time() - started,
+        phases=(set_up - started, burst_done - set_up, loop.time() - burst_done),
         did=did,
         notes=notes,
     )

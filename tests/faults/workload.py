@@ -46,6 +46,7 @@ class Size:
     redis_down_s: float = 3.0
     redis_stop_s: float = 10.0
     settle_s: float = 30.0  # how long every expected notification may take to show up
+    activities_per_lane: int = 2  # created before the burst; lanes create more as needed
 
     @classmethod
     def named(cls, name: str) -> Size:
@@ -61,6 +62,8 @@ class Size:
                 down_s=0.5,
                 redis_down_s=2.0,
                 redis_stop_s=5.0,
+                settle_s=15.0,
+                activities_per_lane=1,
             )
         if name == "long":
             return cls(
@@ -385,7 +388,7 @@ class Lane:
         return (self.pro.id, self.client.id)
 
     async def prepare(self) -> None:
-        for _ in range(2):
+        for _ in range(self.wl.size.activities_per_lane):
             await self.create_activity(counted=False)
 
     async def run(self) -> None:
