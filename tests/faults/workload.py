@@ -11,6 +11,7 @@ get notifications from concurrent changes, which is what the order check needs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -400,7 +401,8 @@ class Lane:
                 # start over from what the server says, rather than stop the burst.
                 self.record.note("other_4xx", f"lane {self.pair_text}: {exc!r}")
                 await asyncio.sleep(0.2)
-                await self.resync_connection()
+                with contextlib.suppress(RuntimeError):
+                    await self.resync_connection()
 
     @property
     def pair_text(self) -> str:
