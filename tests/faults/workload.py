@@ -632,8 +632,9 @@ class Lane:
                 rec = self.record.invites[found["id"]]
                 self.record.note(
                     "stale_409",
-                    f"invite {found['id']} of {self.pair_text} is {found['status']}, not "
-                    f"{rec.status}: invite -> 409",
+                    f"invite -> 409 already_invited for invite {found['id']} of "
+                    f"{self.pair_text}, which the lane had as {rec.status}; the list now "
+                    f"says {found['status']}",
                 )
                 rec.status = found["status"]
                 return
