@@ -1,7 +1,8 @@
 """`python -m tests.faults`: the fault suite's long form (`make faults`), printing the table.
 
 Size: `--size short|long` (or FAULTS_SIZE), `--changes N` (or FAULTS_CHANGES) to override
-the changes per fault. Exits 1 if any count that must be 0 is not.
+the changes per fault. FAULTS_TRACE=<dir> writes every call and every log of each run
+there, to debug a count. Exits 1 if any count that must be 0 is not.
 """
 
 from __future__ import annotations
