@@ -23,6 +23,7 @@ KNOWN_OPEN: dict[str, set[str] | None] = {
     "late_cancel": None,  # a late removal cancels an invite newer than it
     "missed_cancel": None,  # a late removal leaves the pending invite it should cancel
     "unbound": None,  # a sign-up's invitation not the new client's when it returned
+    "stale": None,  # a 409 from a state older than a change that had returned
     "order": None,  # order slips, mostly after a Redis kill
     "order_cascade": None,  # a removal's invite_cancelled after the next changes' notes
     # Found by this suite: a Redis killed with -9 loses its last acknowledged writes

@@ -382,6 +382,7 @@ class Lane:
         self.initiator = "client"
         self.just_accepted = False
         self.accepted_at = 0.0  # when the latest accept returned (monotonic)
+        self.unbound: set[int] = set()  # invitations a new client could not see at first
 
     @property
     def pair(self) -> tuple[int, int]:
@@ -493,6 +494,7 @@ class Lane:
         self.wl.expect(client.id, "connection.invited", conn_id, change, cascade=True)
         listed = await self.http.read("/api/connection/list?limit=200", client)
         if not any(c["id"] == conn_id for c in listed):
+            self.unbound.add(conn_id)
             self.record.note(
                 "unbound",
                 f"connection {conn_id} not in the list of client {client.id} right after "
@@ -519,13 +521,16 @@ class Lane:
             change = self.wl.count_change(reply, kind, responder.id, ambiguous=True)
             self.wl.expect(initiator.id, kind, self.conn_id, change)
         elif reply.status == 404 and self.newcomer:
-            # The invitation bound by the sign-up that returned is not the client's yet.
-            self.record.note(
-                "unbound",
-                f"client {self.client.id} answering connection {self.conn_id} after the "
-                "sign-up that binds it returned -> 404",
-            )
-            await asyncio.sleep(0.1)
+            # The invitation bound by the sign-up that returned is not the client's yet:
+            # counted once per invitation, then tried again.
+            if self.conn_id not in self.unbound:
+                self.unbound.add(self.conn_id)
+                self.record.note(
+                    "unbound",
+                    f"client {self.client.id} answering connection {self.conn_id} after the "
+                    "sign-up that binds it returned -> 404",
+                )
+            await asyncio.sleep(0.2)
             return
         else:
             self.unexpected(kind, reply)
@@ -633,7 +638,7 @@ class Lane:
             if reply.status == 409 and found is not None:
                 rec = self.record.invites[found["id"]]
                 self.record.note(
-                    "stale_409",
+                    "stale",
                     f"invite -> 409 already_invited for invite {found['id']} of "
                     f"{self.pair_text}, which the lane had as {rec.status}; the list now "
                     f"says {found['status']}",
@@ -696,7 +701,11 @@ class Lane:
             # Cancelled behind the lane's back: by a late removal of an earlier
             # connection of the pair (the checker counts its notification).
             invite.status = "cancelled"
-            self.record.note("stale_409", f"invite {invite.id} of {self.pair_text} found cancelled")
+            self.record.note(
+                "stale",
+                f"answer to invite {invite.id} of {self.pair_text} -> 409: it was cancelled "
+                "behind the lane's back",
+            )
         else:
             self.unexpected(kind, reply)
 
