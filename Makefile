@@ -4,13 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test browser lint format bench clean help
+.PHONY: run test faults browser lint format bench clean help
 
 help:
 	@echo "make run    start the whole stack (gateway on http://127.0.0.1:8080)"
 	@echo "make test   run the test suite"
 	@echo "make lint   ruff check + format check"
 	@echo "make bench  run the benchmarks under bench/"
+	@echo "make faults the fault suite's long form (FAULTS_SIZE, FAULTS_CHANGES, FAULTS_ARGS)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +24,11 @@ run: $(STAMP)
 
 test: $(STAMP) browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The fault suite's long form: about 1,000 changes per fault, every fault, both databases;
+# prints the table. FAULTS_SIZE=short|long, FAULTS_CHANGES=N, FAULTS_ARGS="--backend sqlite".
+faults: $(STAMP)
+	$(PY) -m tests.faults $(FAULTS_ARGS)
 
 # Headless Chromium for tests/e2e/test_demo_page.py: installed with apt when running as root.
 browser:

@@ -1,0 +1,1 @@
+"""The fault suite: a burst of changes through the gateway while processes are killed."""
