@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from .db import Database
 from .events import Event, parse_event
+from .outbox import position_key
 from .problems import is_unavailable
 from .tasks import ErrorOnce, honour_cancellation
 
@@ -459,24 +460,22 @@ def _id_tuple(entry_id: Any) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-# How far `group` has got on each of KEYS, in one round trip: the stream's newest entry
-# id and the producer's outbox row it carries, the group's last-delivered id, and its
+# How far `group` has got on each stream of KEYS (the streams, then their position keys),
+# in one round trip: the stream's newest entry id, the position of the newest outbox row
+# its relay put on it (outbox.position_key), the group's last-delivered id, and its
 # oldest entry still in flight (delivered once and not acknowledged; "" when none).
 # Entries being retried (delivered more than once: a failing handler) do not count as in
 # flight, so one bad entry never holds readers up.
 PROGRESS = """
 local out = {}
-for _, key in ipairs(KEYS) do
-  local last, row, delivered, inflight = '0-0', '0', '0-0', ''
+local n = #KEYS / 2
+for i = 1, n do
+  local key = KEYS[i]
+  local last, delivered, inflight = '0-0', '0-0', ''
+  local row = redis.call('GET', KEYS[n + i]) or '0'
   if redis.call('EXISTS', key) == 1 then
     local top = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
-    if #top > 0 then
-      last = top[1][1]
-      local fields = top[1][2]
-      for j = 1, #fields, 2 do
-        if fields[j] == 'row' then row = fields[j + 1] end
-      end
-    end
+    if #top > 0 then last = top[1][1] end
     local found = false
     for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
       local name, seen
@@ -515,6 +514,10 @@ class StreamProgress:
     def handled(self, target: EntryId) -> bool:
         """Has the group handled (or, for now, given up on) every entry up to `target`?"""
         return target <= self.delivered and (self.inflight is None or target < self.inflight)
+
+
+def _progress_keys(streams: Sequence[str]) -> list[str]:
+    return [*streams, *(position_key(stream) for stream in streams)]
 
 
 def _format_id(entry_id: EntryId) -> str:
@@ -583,12 +586,13 @@ class ReadBarrier:
         self.streams = list(streams)
         self._redis = redis
         self._script = redis.register_script(PROGRESS)
+        self._keys = _progress_keys(self.streams)
         self._waiters: list[_Waiter] = []
         self._kick = asyncio.Event()
         self._errors = ErrorOnce(log, f"read barrier of {group}")
 
     async def progress(self) -> list[StreamProgress]:
-        return _parse_progress(await self._script(keys=self.streams, args=[self.group]))
+        return _parse_progress(await self._script(keys=self._keys, args=[self.group]))
 
     def kick(self) -> None:
         """Look again now (the local consumer just acknowledged entries)."""
@@ -699,13 +703,14 @@ async def wait_caught_up(
     A standalone form of `ReadBarrier.wait` for tools and tests. False when time ran out.
     """
     script = client.register_script(PROGRESS)
+    keys = _progress_keys(streams)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
-    progress = _parse_progress(await script(keys=list(streams), args=[group]))
+    progress = _parse_progress(await script(keys=keys, args=[group]))
     targets = [p.last for p in progress]
     while not all(p.handled(t) for p, t in zip(progress, targets, strict=True)):
         if loop.time() >= deadline:
             return False
         await asyncio.sleep(0.002)
-        progress = _parse_progress(await script(keys=list(streams), args=[group]))
+        progress = _parse_progress(await script(keys=keys, args=[group]))
     return True

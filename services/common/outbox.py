@@ -72,6 +72,11 @@ OUTBOX_ROW_HEADER = "X-Outbox-Row"  # service -> gateway: `<stream>=<row id>[,..
 READ_AFTER_HEADER = "X-Read-After"  # gateway -> service: the same, for every stream
 
 
+def position_key(stream: str) -> str:
+    """Where the relay keeps the position of the newest row it put on `stream`."""
+    return f"{stream}:position"
+
+
 def format_positions(positions: dict[str, int]) -> str:
     return ",".join(f"{stream}={row}" for stream, row in sorted(positions.items()))
 
@@ -97,7 +102,9 @@ MAX_BACKOFF_SECONDS = 0.5
 # after an outage or a relay restart then sorts among the other services' entries by when
 # it committed, and the notifier, which merges streams by id, keeps the order in which the
 # changes happened. When the stream already holds a later entry (a clock step, or Redis
-# older than 7.0 without the `<ms>-*` form) it falls back to now.
+# older than 7.0 without the `<ms>-*` form) it falls back to now. The row's position goes
+# into the entry and into `<stream>:position` (what the read barriers compare the
+# gateway's X-Read-After with).
 XADD_AT = """
 local at = ARGV[2] .. '-*'
 local id = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], at,
@@ -106,6 +113,7 @@ if type(id) == 'table' and id['err'] then
   id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
     '__data__', ARGV[3], 'row', ARGV[4])
 end
+redis.call('SET', KEYS[2], ARGV[4])
 return id
 """
 RETENTION = dt.timedelta(hours=24)
@@ -331,7 +339,7 @@ class Outbox:
                     committed = committed.replace(tzinfo=dt.UTC)
                 committed_ms = int(committed.timestamp() * 1000)
                 await self._xadd_at(
-                    keys=[row["stream"]],
+                    keys=[row["stream"], position_key(row["stream"])],
                     args=[self.maxlen, committed_ms, data, row["position"]],
                     client=pipe,
                 )

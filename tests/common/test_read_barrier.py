@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from services.common.consumer import Consumer, ReadBarrier, Units, dead_letter_stream, route
 from services.common.db import Database
 from services.common.events import Event, UserRegistered
-from services.common.outbox import encode
+from services.common.outbox import encode, position_key
 
 from ..api import eventually
 from ..infra import RedisServer
@@ -218,9 +218,10 @@ async def test_units_fall_back_to_one_by_one_around_a_failing_event(
 
 
 async def _publish_row(redis: aioredis.Redis, stream: str, event: Event, row: int) -> None:
-    """As the outbox relay appends: the event and the outbox row it came from."""
+    """As the outbox relay appends: the event, and the position of the row it came from."""
     data = await encode(event.to_json(), event_id=str(event.event_id), event_type=event.type)
     await redis.xadd(stream, {"__data__": data, "row": row})
+    await redis.set(position_key(stream), row)
 
 
 async def test_barrier_waits_for_a_change_the_gateway_saw_answered(
