@@ -259,7 +259,8 @@ async def respond(
     ctx: ActivitiesContext, *, identity: Identity, invite_id: int, accept: bool
 ) -> InviteData:
     # An invite cancelled by a connection removal a moment ago stays so.
-    await ctx.catch_up(about=_party("client", identity.user_id))
+    if not await ctx.catch_up(about=_party("client", identity.user_id)):
+        raise CopyBehind(invite_id)
 
     def answer(session: Session) -> InviteData:
         row = session.scalar(
@@ -380,7 +381,8 @@ async def list_activities(
     ctx: ActivitiesContext, *, identity: Identity, limit: int, offset: int
 ) -> list[dict[str, Any]]:
     # Counts show invites cancelled by a connection removal a moment ago.
-    await ctx.catch_up(about=_party("professional", identity.user_id))
+    if not await ctx.catch_up(about=_party("professional", identity.user_id)):
+        raise CopyBehind(identity.user_id)
     rows = await ctx.db.fetch(LIST_ACTIVITIES, uid=identity.user_id, limit=limit, offset=offset)
     return [activity_json(row) for row in rows]
 
@@ -389,7 +391,8 @@ async def list_invites(
     ctx: ActivitiesContext, *, identity: Identity, limit: int, offset: int
 ) -> list[dict[str, Any]]:
     # Invites cancelled by a connection removal a moment ago show so.
-    await ctx.catch_up(about=_party("client", identity.user_id))
+    if not await ctx.catch_up(about=_party("client", identity.user_id)):
+        raise CopyBehind(identity.user_id)
     rows = await ctx.db.fetch(LIST_INVITES, uid=identity.user_id, limit=limit, offset=offset)
     return [invite_json(row) for row in rows]
 
@@ -453,21 +456,30 @@ def on_connections_changed(connections: Sequence[ConnectionData]) -> Callable[[S
 
 
 def _cascade_removal(session: Session, connection: ConnectionData) -> None:
+    """Cancel the pair's invites that the removal leaves without a connection.
+
+    When the pair is connected again (a newer connection, already in the copy: a removal
+    applied late, or in one batch with the pair's next connection), only the invites made
+    before the removal are cancelled; those made after it were made under the newer
+    connection. (Sparing every invite whenever the pair was connected again missed the
+    cancellation of the invites made under the removed connection.) Otherwise every
+    pending invite of the pair goes, including one that raced the removal.
+    """
     assert connection.client.id is not None
-    if _connected(
-        session, connection.professional.id or 0, connection.client.id, other_than=connection.id
-    ):
-        return  # a late removal of an older connection: the pair's invites stand
-    rows = session.execute(
+    pro_id, client_id = connection.professional.id or 0, connection.client.id
+    query = (
         select(Invite, Activity)
         .join(Activity, Activity.id == Invite.activity_id)
         .where(
-            Invite.professional_id == connection.professional.id,
-            Invite.client_id == connection.client.id,
+            Invite.professional_id == pro_id,
+            Invite.client_id == client_id,
             Invite.status == "pending",
         )
         .with_for_update(of=Invite)
-    ).all()
+    )
+    if _connected(session, pro_id, client_id, other_than=connection.id):
+        query = query.where(Invite.created_at <= connection.updated_at)
+    rows = session.execute(query).all()
     now = utcnow()
     for row, activity in rows:
         row.status = "cancelled"

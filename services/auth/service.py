@@ -19,7 +19,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from redis.asyncio import Redis
 from sqlalchemy import Select, bindparam, or_, orm, select, update
 
-from services.common.consumer import CatchUp
+from services.common.consumer import CatchUp, CopyBehind
 from services.common.db import Database, utcnow
 from services.common.events import (
     ConnectionEvent,
@@ -371,9 +371,10 @@ async def list_users(
 ) -> list[dict[str, Any]]:
     """Professionals are listed to everyone; a client only to themself and to the
     professionals with an accepted connection to them."""
-    if viewer.role == "professional" and role != "professional":
-        # A connection accepted a moment ago makes its client visible.
-        await ctx.catch_up(about=_connections_of(viewer.user_id))
+    # A connection accepted a moment ago makes its client visible to the professional.
+    needs_copy = viewer.role == "professional" and role != "professional"
+    if needs_copy and not await ctx.catch_up(about=_connections_of(viewer.user_id)):
+        raise CopyBehind(viewer.user_id)
     stmt = USERS_STATEMENTS[(viewer.role, role)]
     rows = await ctx.db.fetch(stmt, uid=viewer.user_id, limit=limit, offset=offset)
     return [user_json(row) for row in rows]

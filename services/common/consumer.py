@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 
 from .db import Database
 from .events import Event, parse_event
-from .outbox import position_key
+from .outbox import Outbox, position_key
 from .problems import is_unavailable
 from .tasks import ErrorOnce, honour_cancellation
 
@@ -92,20 +92,31 @@ class Units:
         # One unit for a whole batch of handled events (fewer statements than a unit per
         # event); None: the units of the events, one after the other.
         self.batch = batch
+        # The service's outbox (set when the app is built): events a unit stages (a
+        # cascade) are on their stream before the entries that caused them are
+        # acknowledged, so a caller that waited for the group also waited for them.
+        self.outbox: Outbox | None = None
+
+    def _published(self) -> contextlib.AbstractAsyncContextManager[None]:
+        if self.outbox is None:
+            return contextlib.nullcontext()
+        return self.outbox.published_on_exit()
 
     async def __call__(self, event: Event) -> None:
         build = self.table.get(type(event))
         if build is None:
             log.debug("skipping %s event %s: no handler here", event.type, event.event_id)
             return
-        await self.db.write(build(event), background=True)
+        async with self._published():
+            await self.db.write(build(event), background=True)
 
     async def many(self, events: Sequence[Event]) -> None:
         handled = [e for e in events if type(e) in self.table]
         if not handled:
             return
         if self.batch is not None:
-            await self.db.write(self.batch(handled), background=True)
+            async with self._published():
+                await self.db.write(self.batch(handled), background=True)
             return
         units = [self.table[type(e)](e) for e in handled]
 
@@ -113,7 +124,8 @@ class Units:
             for unit in units:
                 unit(session)
 
-        await self.db.write(apply_all, background=True)
+        async with self._published():
+            await self.db.write(apply_all, background=True)
 
 
 def dead_letter_stream(stream: str) -> str:

@@ -68,6 +68,9 @@ log = logging.getLogger(__name__)
 _committed_rows: ContextVar[list[dict[str, tuple[int, int]]] | None] = ContextVar(
     "outbox_committed_rows", default=None
 )
+# A request's own step once its events are out (before the reply), e.g. connections'
+# removal waiting until the services that cascade it have applied it.
+AFTER_PUBLISHED = web.RequestKey("after_published", object)
 OUTBOX_ROW_HEADER = "X-Outbox-Row"  # service -> gateway: `<stream>=<row id>[,...]`
 READ_AFTER_HEADER = "X-Read-After"  # gateway -> service: the same, for every stream
 
@@ -277,6 +280,21 @@ class Outbox:
                     await progress.wait()
         return True
 
+    @contextlib.asynccontextmanager
+    async def published_on_exit(self) -> AsyncIterator[None]:
+        """Leave the block once the events its transactions committed are on their streams
+        (Redis permitting, at most PUBLISH_WAIT_SECONDS): a consumer acknowledges an entry
+        only then, so "the group has handled it" includes "what it caused is out"."""
+        token = _committed_rows.set([])
+        try:
+            yield
+            committed = _committed_rows.get()
+        finally:
+            _committed_rows.reset(token)
+        uptos = [upto for rows in committed or [] for upto in rows.values()]
+        if uptos and self.last_error is None:
+            await self.wait_published(max(uptos), within=PUBLISH_WAIT_SECONDS)
+
     async def newest(self) -> dict[str, tuple[int, int]]:
         """(position, id) of the newest row of each stream, published or not."""
         rows = await self.db.fetch(self._newest)
@@ -318,6 +336,8 @@ class Outbox:
             for stream, upto in rows.items():
                 last[stream] = max(upto, last.get(stream, (0, 0)))
         await self.reply_after(response, last)
+        if last and self.last_error is None and (then := request.get(AFTER_PUBLISHED)):
+            await then()
         return response
 
     def wake(self) -> None:

@@ -21,7 +21,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from .consumer import Consumer, CopyBehind, Handler, ReadBarrier
+from .consumer import Consumer, CopyBehind, Handler, ReadBarrier, Units
 from .db import Database
 from .events import Event
 from .health import CachedCheck, health_response, probe
@@ -208,12 +208,15 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Appl
         if sub is None:
             yield
             return
+        handler = sub.handler(app[db_key])
+        if isinstance(handler, Units):
+            handler.outbox = app[outbox_key]
         consumer = Consumer(
             app[redis_key],
             group=sub.group,
             consumer=settings.consumer_name,
             streams=sub.streams,
-            handler=sub.handler(app[db_key]),
+            handler=handler,
             max_deliveries=settings.consumer_max_deliveries,
             claim_idle_ms=settings.consumer_claim_idle_ms,
             on_settled=app[barrier_key].kick if barrier_key in app else None,

@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Literal
 
+import redis.exceptions as redis_errors
 from aiohttp import web
 
-from services.common.events import ConnectionData
+from services.common.consumer import wait_caught_up
+from services.common.events import CONNECTIONS_STREAM, ConnectionData
 from services.common.openapi import PAGE_PARAMS, Route
+from services.common.outbox import AFTER_PUBLISHED
 from services.common.problems import DomainErrors, Problem
 from services.common.schemas import Email, Id, RequestModel
+from services.common.service_app import settings_key
 from services.common.web import (
     authenticate,
     json_response,
     page,
     path_id,
     read_json,
+    redis_key,
     require_role,
 )
 
 from . import service
 from .service import ConnectionsContext
 
+CASCADE_WAIT_SECONDS = 3.0
 ctx_key = web.AppKey("connections_ctx", ConnectionsContext)
 
 ERRORS: DomainErrors = {
@@ -121,6 +129,30 @@ async def remove(request: web.Request) -> web.Response:
     # An id that cannot exist gets the same answer as one that is not the caller's.
     connection_id = path_id(request, code="connection_not_found", detail="No such connection.")
     await service.remove(request.app[ctx_key], identity=identity, connection_id=connection_id)
+    # Answer once the services that cascade a removal (activities cancels the pair's
+    # invites) have applied it: the client's next change then comes after the cascade's
+    # notifications, in the order API.md promises. Bounded (CASCADE_WAIT_SECONDS, enough
+    # for a restarting service to catch up); a cascade stopped longer only loses that
+    # ordering, never the answer.
+    groups = request.app[settings_key].cascade_groups
+    if groups:
+        redis = request.app[redis_key]
+
+        async def cascaded() -> None:
+            with contextlib.suppress(redis_errors.RedisError, OSError):
+                await asyncio.gather(
+                    *(
+                        wait_caught_up(
+                            redis,
+                            group=g,
+                            streams=[CONNECTIONS_STREAM],
+                            within=CASCADE_WAIT_SECONDS,
+                        )
+                        for g in groups
+                    )
+                )
+
+        request[AFTER_PUBLISHED] = cascaded
     return web.Response(status=204)
 
 

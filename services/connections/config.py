@@ -1,5 +1,6 @@
 """Connections service settings (env prefix CONNECTIONS_, shared names unprefixed)."""
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
@@ -10,3 +11,7 @@ class ConnectionsSettings(ServiceSettings):
 
     service_name: str = "connections"
     port: int = 8082
+    # Consumer groups that cascade a removal (activities cancels invites): a removal
+    # answers once they have applied it (at most 1 s), so the cascade's notifications
+    # come before the client's next change's. Empty: answer at once.
+    cascade_groups: list[str] = Field(default=["activities"], validation_alias="CASCADE_GROUPS")

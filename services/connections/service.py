@@ -387,10 +387,11 @@ async def list_connections(
 ) -> list[dict[str, Any]]:
     # An email invite bound by a sign-up a moment ago shows up: the caller's own sign-up
     # for a client; any client's for a professional (whose invite it may bind).
-    if identity.role == "client":
-        await ctx.catch_up(about=_registration("id", identity.user_id))
-    else:
-        await ctx.catch_up(about=_client_registration)
+    about = _registration("id", identity.user_id)
+    if identity.role != "client":
+        about = _client_registration
+    if not await ctx.catch_up(about=about):
+        raise CopyBehind(identity.user_id)
     stmt = LIST_STATEMENTS[(identity.role, status is not None)]
     params: dict[str, Any] = {"uid": identity.user_id, "limit": limit, "offset": offset}
     if status is not None:

@@ -19,6 +19,7 @@ from services.activities.service import (
     create_activity,
     invite,
     on_connection_changed,
+    on_connections_changed,
 )
 from services.activities.tables import Invite, OutboxEvent
 from services.common.consumer import CopyBehind
@@ -142,3 +143,32 @@ async def test_the_copy_ends_in_the_newest_state_whatever_the_order(
     changes = [connection(7, "pending", 1), connection(7, "accepted", 2)]
     await apply(db, *order(changes))
     assert await status_of(db, await new_invite(db)) == "pending"
+
+
+async def test_a_removal_applied_with_the_pairs_next_connection_still_cancels_its_invites(
+    db: Database,
+) -> None:
+    """A removal that reaches activities in one batch with (or after) the pair's next
+    connection cancels the invites made under the removed one, and only those."""
+
+    def at(when: dt.datetime, conn_id: int, status: str) -> ConnectionData:
+        return connection(conn_id, status, 0).model_copy(update={"updated_at": when})
+
+    await apply(db, connection(7, "accepted", 1))
+    old = await new_invite(db)
+    removed_at = dt.datetime.now(dt.UTC)  # the removal answered after the old invite
+    await asyncio.sleep(0.01)
+    # Connection 7 removed, 8 requested and accepted since: all in one batch.
+    await db.write(
+        on_connections_changed(
+            [
+                at(removed_at, 7, "removed"),
+                at(removed_at, 8, "pending"),
+                at(dt.datetime.now(dt.UTC), 8, "accepted"),
+            ]
+        )
+    )
+    newer = await new_invite(db)
+    assert await status_of(db, old) == "cancelled"
+    assert await status_of(db, newer) == "pending"
+    assert await events_of(db, "activity.invite_cancelled") == 1
