@@ -40,7 +40,8 @@ def running_stack(backend: str = "sqlite", **extra_env: str) -> Iterator[Stack]:
                 root=Path(tmp),
                 redis_url=url,
                 postgres_url=pg,
-                extra_env={"LOG_LEVEL": "WARNING", **extra_env},
+                # Production's pool size (tests/stack.py gives test stacks smaller ones).
+                extra_env={"LOG_LEVEL": "WARNING", "DB_POOL_SIZE": "10", **extra_env},
             )
             try:
                 stack.start()

@@ -106,6 +106,9 @@ class Stack:
             # Every test logs in from 127.0.0.1: keep the per-address throttle out of the
             # way (tests of it go straight to auth with their own X-Forwarded-For).
             "AUTH_LOGIN_MAX_FAILURES_PER_IP": "100000",
+            # Several stacks share one PostgreSQL (CI's allows 100 connections): fewer
+            # pooled connections per service than in production.
+            "DB_POOL_SIZE": "4",
             **(extra_env or {}),
         }
         for name, port in self.ports.items():

@@ -58,7 +58,7 @@ class UTCDateTime(TypeDecorator):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def make_engine(url: str, *, pool_size: int = 10, connections: int | None = None) -> AsyncEngine:
     """Create the async engine; SQLite gets WAL, foreign keys and a busy timeout.
 
     On PostgreSQL it runs every unit of work. On SQLite the units run on the synchronous
@@ -90,7 +90,11 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     # returned, and under steady load opening and closing them (with asyncpg's SSL probe)
     # cost more CPU than the queries. `Database` caps the callers at the pool's size.
     return create_async_engine(
-        url, pool_size=2 * pool_size, max_overflow=0, pool_pre_ping=True, pool_recycle=1800
+        url,
+        pool_size=connections or 2 * pool_size,
+        max_overflow=0,
+        pool_pre_ping=True,
+        pool_recycle=1800,
     )
 
 
@@ -182,7 +186,7 @@ class Database:
         self._background = (
             None
             if sqlite
-            else async_sessionmaker(make_engine(url, pool_size=1), expire_on_commit=False)
+            else async_sessionmaker(make_engine(url, connections=1), expire_on_commit=False)
         )
         self._commits = 0
         self._checkpointed: asyncio.Future[None] | None = None

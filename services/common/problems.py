@@ -98,9 +98,19 @@ _UNAVAILABLE = (
 )
 
 
+# SQLSTATE classes of a database that cannot serve now: connection exceptions (08),
+# insufficient resources such as "too many clients" (53), operator intervention such as
+# "the database system is starting up" (57P).
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57P")
+
+
 def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, _UNAVAILABLE):
         return True
+    for err in (exc, getattr(exc, "orig", None), getattr(exc, "__cause__", None)):
+        state = getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)
+        if isinstance(state, str) and state.startswith(_UNAVAILABLE_SQLSTATES):
+            return True
     if isinstance(exc, sqlalchemy.exc.OperationalError):
         # "database is locked" past busy_timeout, or PostgreSQL gone: both transient.
         return True

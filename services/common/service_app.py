@@ -180,7 +180,7 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Appl
     app[verifier_key] = verifier_for(settings)
 
     async def database_ctx(app: web.Application) -> AsyncIterator[None]:
-        db = Database(settings.database_url or "")
+        db = Database(settings.database_url or "", pool_size=settings.db_pool_size)
         app[db_key] = db
         # Registered before the outbox's hooks (relay_ctx), as Idempotency requires.
         secret = spec.idempotency_secret() if spec.idempotency_secret else None

@@ -74,6 +74,9 @@ class ServiceSettings(CommonSettings):
 
     service_name: str = "service"
     database_url: str | None = None
+    # PostgreSQL connections: the request pool holds twice this, the raw read pool this
+    # many, and the consumer one of its own.
+    db_pool_size: int = Field(10, ge=1, le=200, validation_alias="DB_POOL_SIZE")
     consumer_claim_idle_ms: int = Field(30_000, validation_alias="CONSUMER_CLAIM_IDLE_MS")
     consumer_max_deliveries: int = Field(5, validation_alias="CONSUMER_MAX_DELIVERIES")
 

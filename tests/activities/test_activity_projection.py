@@ -7,7 +7,7 @@ import uuid
 import redis.asyncio as aioredis
 
 from services.common.consumer import decode_entry
-from services.common.events import CONNECTIONS_STREAM, Event
+from services.common.events import CONNECTIONS_STREAM, ConnectionEvent, Event
 from services.common.outbox import encode
 
 from ..api import Api, assert_problem
@@ -34,6 +34,8 @@ async def connection_entries(
     found = {}
     for _, fields in await redis.xrange(CONNECTIONS_STREAM):
         event = decode_entry(fields)
+        if not isinstance(event, ConnectionEvent):
+            continue  # e.g. a type this code does not know, put there by another test
         if event.data.connection.id == connection_id:
             found[event.type] = (fields, event)
     return found
