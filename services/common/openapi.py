@@ -6,7 +6,7 @@ merges the parts into the one public document at `/api/openapi.json`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from .problems import DomainErrors
+from .web import MAX_ID, MAX_LIMIT, MAX_OFFSET
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -37,14 +38,34 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         },
     },
 }
+LIMIT_PARAM = {
+    "name": "limit",
+    "in": "query",
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
+}
 PAGE_PARAMS = [
+    LIMIT_PARAM,
     {
-        "name": "limit",
+        "name": "offset",
         "in": "query",
-        "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0},
     },
-    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
 ]
+# Path ids are ASCII digits (the route only matches those) naming a positive 64-bit integer.
+ID_PARAM = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+}
+ID_ROUTE_PATTERN = "{id:[0-9]+}"
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+}
 
 
 @dataclass(frozen=True)
@@ -64,6 +85,8 @@ class Route:
     raises: Sequence[type[Exception]] = ()  # domain errors, statuses from the ERRORS table
     query: Sequence[dict[str, Any]] = ()
     extra_statuses: Sequence[int] = ()  # statuses the handler answers itself (e.g. 429)
+    # Statuses whose body is this model rather than a problem (health's 503).
+    bodies: Mapping[int, type[BaseModel]] = field(default_factory=dict)
     tags: Sequence[str] = field(default_factory=tuple)
 
     def statuses(self, errors: DomainErrors) -> set[int]:
@@ -85,10 +108,15 @@ class Route:
 
 
 def register(app: web.Application, routes: Iterable[Route]) -> None:
-    """Add each route with and without a trailing slash (API.md: they are one route)."""
+    """Add each route with and without a trailing slash (API.md: they are one route).
+
+    `{id}` only matches digits, so `/api/activities/invite` is not also a `DELETE
+    /api/activities/{id}` (its 405 would list DELETE) and `/api/activities/abc` names nothing.
+    """
     for route in routes:
-        app.router.add_route(route.method, route.path, route.handler)
-        alias = route.path[:-1] if route.path.endswith("/") else route.path + "/"
+        path = route.path.replace("{id}", ID_ROUTE_PATTERN)
+        app.router.add_route(route.method, path, route.handler)
+        alias = path[:-1] if path.endswith("/") else path + "/"
         if alias:
             app.router.add_route(route.method, alias, route.handler)
 
@@ -114,6 +142,7 @@ def document_paths(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """OpenAPI `paths` and `components.schemas` for these routes."""
     models = [r.body for r in routes if r.body] + [r.response for r in routes if r.response]
+    models += [m for r in routes for m in r.bodies.values()]
     refs, components = _schema_of(models)
     paths: dict[str, Any] = {}
     for route in routes:
@@ -128,21 +157,27 @@ def document_paths(
             op["security"] = [{"bearer": []}]
         params = [dict(p) for p in route.query]
         if "{id}" in route.path:
-            params.append(
-                {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
-            )
+            params.append(dict(ID_PARAM))
         if params:
             op["parameters"] = params
         if route.body is not None:
+            # An empty body counts as `{}`: it is only optional when no field is required.
+            required = any(f.is_required() for f in route.body.model_fields.values())
             op["requestBody"] = {
-                "required": False,
+                "required": required,
                 "content": {"application/json": {"schema": {"$ref": refs[route.body]}}},
             }
         for status in sorted(route.statuses(errors)):
             response: dict[str, Any] = {"description": HTTPStatus(status).phrase}
+            if status in (429, 503):
+                response["headers"] = dict(RETRY_AFTER)
             if status == route.status and route.response is not None:
                 response["content"] = {
                     "application/json": {"schema": _response_schema(route, refs)}
+                }
+            elif status in route.bodies:
+                response["content"] = {
+                    "application/json": {"schema": {"$ref": refs[route.bodies[status]]}}
                 }
             elif status >= 400:
                 codes = sorted(
@@ -164,10 +199,15 @@ def _response_schema(route: Route, refs: dict[Any, str]) -> dict[str, Any]:
     return {"type": "array", "items": item} if route.many else item
 
 
+def document_part(routes: Sequence[Route], errors: DomainErrors) -> dict[str, Any]:
+    """One component's part of the public document, as its `GET /openapi.json` serves it."""
+    paths, components = document_paths(routes, errors)
+    return {"paths": paths, "components": {"schemas": components}}
+
+
 def openapi_handler(routes: Sequence[Route], errors: DomainErrors) -> Handler:
     """`GET /openapi.json` of one component: its part of the public document."""
-    paths, components = document_paths(routes, errors)
-    body = {"paths": paths, "components": {"schemas": components}}
+    body = document_part(routes, errors)
 
     async def handler(request: web.Request) -> web.Response:
         return web.json_response(body)

@@ -6,6 +6,7 @@ import datetime as dt
 import re
 from typing import Annotated
 
+from email_validator import SPECIAL_USE_DOMAIN_NAMES
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -53,14 +54,40 @@ class RequestModel(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
 
-Id = Annotated[int, Field(strict=True, gt=0, le=MAX_ID)]
+def whole_number(value: object) -> object:
+    # JSON has one number type: to JSON Schema (and JavaScript) 5.0 is the integer 5, so it
+    # is taken as 5; "5", true and 5.5 are still refused by the strict integer after this.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Id = Annotated[int, Field(strict=True, gt=0, le=MAX_ID), BeforeValidator(whole_number)]
+
+
+# What the validators above refuse and what stripping removes, as JSON Schema (ECMA-262)
+# character-class bodies, so the OpenAPI `pattern` of a text field says what is accepted.
+# tests/common/test_schema_patterns.py checks them against the validators, char by char.
+REFUSED_SINGLE_LINE = r"\u0000-\u001f\u007f"
+REFUSED_MULTILINE = r"\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f"
+STRIPPED = r"\t\n\r\u000b\u000c\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
+def text_pattern(*, multiline: bool, required: bool) -> str:
+    """Allowed characters only; when `required`, one that stripping leaves."""
+    refused = REFUSED_MULTILINE if multiline else REFUSED_SINGLE_LINE
+    if not required:
+        return f"^[^{refused}]*$"
+    return f"^[^{refused}]*[^{refused}{STRIPPED}][^{refused}]*$"
 
 
 def text(min_length: int, max_length: int, *, multiline: bool = False) -> object:
+    pattern = text_pattern(multiline=multiline, required=min_length > 0)
     return Annotated[
         str,
         StringConstraints(strip_whitespace=True, min_length=min_length, max_length=max_length),
         AfterValidator(no_control_chars if multiline else single_line),
+        Field(json_schema_extra={"pattern": pattern}),
     ]
 
 
@@ -75,8 +102,14 @@ def iso_string(value: object) -> object:
     return value
 
 
+# Documented as RFC 3339 with a four-digit year from 1000; the first and last day of that
+# range are left out because an offset can carry them outside it.
+TIMESTAMP_PATTERN = "^(?!1000-01-01|9999-12-31)[1-9][0-9]{3}-"
 Timestamp = Annotated[
-    dt.datetime, BeforeValidator(iso_string), Field(strict=False), AfterValidator(utc)
+    dt.datetime,
+    BeforeValidator(iso_string),
+    Field(strict=False, json_schema_extra={"pattern": TIMESTAMP_PATTERN}),
+    AfterValidator(utc),
 ]
 
 
@@ -88,4 +121,18 @@ def plain_address(value: object) -> object:
     return value
 
 
-Email = Annotated[EmailStr, BeforeValidator(plain_address), Field(max_length=254)]
+def _special_use_pattern() -> str:
+    # email-validator refuses addresses at special-use domains (`x@y.test`); the JSON
+    # Schema `email` format does not, so the pattern says it (any case, as DNS reads it).
+    names = "|".join(
+        "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in name)
+        for name in SPECIAL_USE_DOMAIN_NAMES
+    )
+    return rf"^(?!.*[.@]({names})\.?$)"
+
+
+Email = Annotated[
+    EmailStr,
+    BeforeValidator(plain_address),
+    Field(max_length=254, json_schema_extra={"pattern": _special_use_pattern()}),
+]

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
 GC_THRESHOLD = 10_000  # allocations between young-generation passes (CPython: 700)
 MAX_ID = 2**63 - 1
+MAX_LIMIT = 200
+MAX_OFFSET = 10**9
 JSON_TYPES = ("application/json",)
 
 M = TypeVar("M", bound=BaseModel)
@@ -101,7 +103,8 @@ def query_int(request: web.Request, name: str, default: int, low: int, high: int
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not re.fullmatch(r"\d{1,12}", raw) or not low <= int(raw) <= high:
+    # [0-9], not \d: \d also matches other scripts' digits, which int() then reads.
+    if not re.fullmatch(r"[0-9]{1,12}", raw) or not low <= int(raw) <= high:
         raise Problem(
             400,
             "invalid_query",
@@ -112,9 +115,9 @@ def query_int(request: web.Request, name: str, default: int, low: int, high: int
 
 
 def page(request: web.Request) -> tuple[int, int]:
-    """`?limit=` (1-200, default 50) and `?offset=` (default 0)."""
-    limit = query_int(request, "limit", 50, 1, 200)
-    offset = query_int(request, "offset", 0, 0, 10**9)
+    """`?limit=` (1-200, default 50) and `?offset=` (0-10^9, default 0)."""
+    limit = query_int(request, "limit", 50, 1, MAX_LIMIT)
+    offset = query_int(request, "offset", 0, 0, MAX_OFFSET)
     return limit, offset
 
 

@@ -1,0 +1,94 @@
+"""Schemathesis against the public OpenAPI: every operation, as a professional and as a client.
+
+The schema is built at import from the same route tables the gateway and the services
+serve it from (no I/O), because schemathesis's fixture-loaded schemas do not run under
+pytest 9.2; `test_fuzzed_document_is_the_served_one` checks that the two are identical,
+so what is fuzzed is exactly `GET /api/openapi.json` of the running stack.
+
+`make fuzz` runs it longer (FUZZ_EXAMPLES) and on both databases (FUZZ_BACKENDS).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, settings
+
+from gateway.app import public_document
+from services.activities import api as activities_api
+from services.auth import api as auth_api
+from services.common.openapi import document_part
+from services.connections import api as connections_api
+
+from .stack import Stack
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "20"))
+BACKENDS = os.environ.get("FUZZ_BACKENDS", "sqlite").split(",")
+PASSWORD = "correct horse battery"
+
+DOCUMENT = public_document(
+    document_part(api.ROUTES, api.ERRORS) for api in (auth_api, connections_api, activities_api)
+)
+# The WebSocket upgrade is not a request/response operation (tests/live covers it).
+schema = schemathesis.openapi.from_dict(DOCUMENT).exclude(path="/api/ws")
+
+pytestmark = [
+    pytest.mark.parametrize("backend", BACKENDS, indirect=True),
+    pytest.mark.timeout(int(os.environ.get("FUZZ_TIMEOUT", "120"))),
+]
+
+
+@dataclass
+class Caller:
+    role: str
+    email: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def _signup(base: str, role: str) -> Caller:
+    email = f"fuzz-{role}-{uuid.uuid4().hex[:12]}@example.com"
+    body = {"name": f"Fuzz {role}", "email": email, "password": PASSWORD, "role": role}
+    reply = requests.post(base + "/api/auth/signup", json=body, timeout=10)
+    assert reply.status_code == 201, reply.text
+    return Caller(role, email, reply.json()["token"])
+
+
+def _fresh_token(base: str, caller: Caller) -> str:
+    reply = requests.post(
+        base + "/api/auth/login", json={"email": caller.email, "password": PASSWORD}, timeout=10
+    )
+    assert reply.status_code == 200, reply.text
+    return reply.json()["token"]
+
+
+@pytest.fixture(scope="module", params=["professional", "client"])
+def caller(request: pytest.FixtureRequest, stack: Stack) -> Caller:
+    return _signup(stack.gateway_url, request.param)
+
+
+def test_fuzzed_document_is_the_served_one(stack: Stack) -> None:
+    reply = requests.get(stack.gateway_url + "/api/openapi.json", timeout=10)
+    served: dict[str, Any] = reply.json()
+    assert served == DOCUMENT
+
+
+@schema.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+def test_api_conforms_to_its_openapi(case: schemathesis.Case, stack: Stack, caller: Caller) -> None:
+    headers: dict[str, str] | None = caller.headers
+    if case.operation.schema.is_security_param_negated(case):
+        headers = None  # a case about a missing or wrong token: send it as generated
+    elif case.operation.path == "/api/auth/logout":
+        # Logging out revokes the token: every such case gets a session of its own.
+        headers = {"Authorization": f"Bearer {_fresh_token(stack.gateway_url, caller)}"}
+    case.call_and_validate(base_url=stack.gateway_url, headers=headers)
