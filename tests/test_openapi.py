@@ -153,3 +153,34 @@ async def test_documented_statuses_match_api_md_rows(document: dict) -> None:
     assert {200, 404, 409} <= statuses("/api/activities/respond", "post")
     assert {204, 404} <= statuses("/api/activities/{id}", "delete")
     assert {200, 503} <= statuses("/api/health", "get")
+
+
+def test_schemas_use_json_schema_keywords_only(document: dict) -> None:
+    """A constraint pydantic cannot express (e.g. behind a before-validator) comes out under
+    its own name (`gt`, `le`, ...), which no JSON Schema tool reads: it must not appear."""
+    pydantic_only = {"gt", "ge", "lt", "le", "strict", "strip_whitespace", "min_length"}
+
+    def walk(node: object, where: str) -> None:
+        if isinstance(node, dict):
+            if node.get("type") in ("integer", "number", "string"):
+                leaked = pydantic_only & set(node)
+                assert not leaked, (where, leaked)
+            for key, value in node.items():
+                walk(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}/{i}")
+
+    walk(document, "#")
+
+
+def test_request_bodies_are_required_when_a_field_is(document: dict) -> None:
+    schemas = document["components"]["schemas"]
+    for path, ops in document["paths"].items():
+        for method, op in ops.items():
+            body = op.get("requestBody")
+            if body is None:
+                continue
+            ref = body["content"]["application/json"]["schema"]["$ref"]
+            required = schemas[ref.rsplit("/", 1)[1]].get("required", [])
+            assert body["required"] is bool(required), (method, path)

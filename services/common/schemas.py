@@ -15,6 +15,7 @@ from pydantic import (
     EmailStr,
     Field,
     StringConstraints,
+    WithJsonSchema,
 )
 
 MAX_ID = 2**63 - 1
@@ -65,29 +66,48 @@ def whole_number(value: object) -> object:
 Id = Annotated[int, Field(strict=True, gt=0, le=MAX_ID), BeforeValidator(whole_number)]
 
 
-# What the validators above refuse and what stripping removes, as JSON Schema (ECMA-262)
-# character-class bodies, so the OpenAPI `pattern` of a text field says what is accepted.
-# tests/common/test_schema_patterns.py checks them against the validators, char by char.
+# What the validators above refuse, and what stripping removes (Unicode White_Space), as
+# JSON Schema (ECMA-262) character-class bodies: the OpenAPI `pattern` of a text field says
+# exactly what is accepted. tests/common/test_schema_patterns.py checks them char by char.
 REFUSED_SINGLE_LINE = r"\u0000-\u001f\u007f"
 REFUSED_MULTILINE = r"\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f"
-STRIPPED = r"\t\n\r\u000b\u000c\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+STRIPPED = r"\t\n\u000b\u000c\r\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 
 
-def text_pattern(*, multiline: bool, required: bool) -> str:
-    """Allowed characters only; when `required`, one that stripping leaves."""
+def text_pattern(min_length: int, max_length: int, *, multiline: bool) -> str:
+    """Whitespace, then the kept text (no refused character, `min_length` to `max_length`
+    long, starting and ending with a character stripping keeps), then whitespace.
+
+    The lengths are in the pattern, not in minLength/maxLength: those would count the
+    surrounding whitespace, which is trimmed before the length is checked.
+    """
     refused = REFUSED_MULTILINE if multiline else REFUSED_SINGLE_LINE
-    if not required:
-        return f"^[^{refused}]*$"
-    return f"^[^{refused}]*[^{refused}{STRIPPED}][^{refused}]*$"
+    edge = f"[^{refused}{STRIPPED}]"
+    if max_length == 1:
+        kept = edge
+    elif min_length <= 1:
+        kept = f"{edge}([^{refused}]{{0,{max_length - 2}}}{edge})?"
+    else:
+        kept = f"{edge}[^{refused}]{{{min_length - 2},{max_length - 2}}}{edge}"
+    if min_length == 0:
+        kept = f"({kept})?"
+    return f"^[{STRIPPED}]*{kept}[{STRIPPED}]*$"
 
 
 def text(min_length: int, max_length: int, *, multiline: bool = False) -> object:
-    pattern = text_pattern(multiline=multiline, required=min_length > 0)
+    allowed = "no control characters" + (" but tabs and line breaks" if multiline else "")
     return Annotated[
         str,
         StringConstraints(strip_whitespace=True, min_length=min_length, max_length=max_length),
         AfterValidator(no_control_chars if multiline else single_line),
-        Field(json_schema_extra={"pattern": pattern}),
+        WithJsonSchema(
+            {
+                "type": "string",
+                "pattern": text_pattern(min_length, max_length, multiline=multiline),
+                "description": f"{min_length}-{max_length} characters once surrounding "
+                f"whitespace is trimmed; {allowed}.",
+            }
+        ),
     ]
 
 
