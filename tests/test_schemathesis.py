@@ -29,6 +29,7 @@ from services.connections import api as connections_api
 from .stack import Stack
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "20"))
+STATEFUL_EXAMPLES = max(1, EXAMPLES // 2)
 BACKENDS = os.environ.get("FUZZ_BACKENDS", "sqlite").split(",")
 PASSWORD = "correct horse battery"
 
@@ -85,10 +86,32 @@ def test_fuzzed_document_is_the_served_one(stack: Stack) -> None:
 @schema.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_openapi(case: schemathesis.Case, stack: Stack, caller: Caller) -> None:
-    headers: dict[str, str] | None = caller.headers
+    case.call_and_validate(base_url=stack.gateway_url, headers=_headers(case, stack, caller))
+
+
+def _headers(case: schemathesis.Case, stack: Stack, caller: Caller) -> dict[str, str] | None:
+    """The caller's token, unless the case is about a missing or wrong one."""
     if case.operation.schema.is_security_param_negated(case):
-        headers = None  # a case about a missing or wrong token: send it as generated
-    elif case.operation.path == "/api/auth/logout":
+        return None  # sent as generated
+    if case.operation.path == "/api/auth/logout":
         # Logging out revokes the token: every such case gets a session of its own.
-        headers = {"Authorization": f"Bearer {_fresh_token(stack.gateway_url, caller)}"}
-    case.call_and_validate(base_url=stack.gateway_url, headers=headers)
+        return {"Authorization": f"Bearer {_fresh_token(stack.gateway_url, caller)}"}
+    return caller.headers
+
+
+def test_api_workflows_conform_to_its_openapi(stack: Stack, caller: Caller) -> None:
+    """Stateful: sequences schemathesis derives from the document (create an activity or a
+    connection, then delete it, ...), so deletes meet real ids and use-after-free is checked."""
+
+    class Workflow(schema.as_state_machine()):  # type: ignore[misc]
+        def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
+            return {"base_url": stack.gateway_url, "headers": _headers(case, stack, caller)}
+
+    Workflow.run(
+        settings=settings(
+            max_examples=STATEFUL_EXAMPLES,
+            stateful_step_count=5,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )

@@ -397,6 +397,10 @@ async def test_bad_notifications_query_is_400(api: Api) -> None:
         "since=1e3",
         "since=%00",
         "since=" + "9" * 21,
+        "since=" + "1" * 20,  # 19 digits at most per part, as the OpenAPI pattern says
+        "since=%D9%A1%D9%A2%D9%A3",  # Arabic-Indic digits were a Redis error (500)
+        "since=1-%D9%A1",
+        "limit=%D9%A1%D9%A0",
     ]:
         reply = await api.call("GET", f"/api/notifications?{query}", token=account.token)
         assert_problem(reply, 400, "invalid_query")
