@@ -26,11 +26,12 @@ test: $(STAMP) browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The schemathesis run of `make test` (tests/test_schemathesis.py), with more examples per
-# operation and on both databases; FUZZ_EXAMPLES and FUZZ_BACKENDS may be overridden.
+# operation, new ones each run, on both databases; FUZZ_EXAMPLES and FUZZ_BACKENDS may be
+# overridden.
 FUZZ_EXAMPLES ?= 300
 FUZZ_BACKENDS ?= sqlite,postgres
 fuzz: $(STAMP)
-	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_BACKENDS=$(FUZZ_BACKENDS) FUZZ_TIMEOUT=3600 \
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_BACKENDS=$(FUZZ_BACKENDS) FUZZ_RANDOM=1 FUZZ_TIMEOUT=3600 \
 		$(PY) -m pytest tests/test_schemathesis.py $(PYTEST_ARGS)
 
 # Headless Chromium for tests/e2e/test_demo_page.py: installed with apt when running as root.

@@ -1,12 +1,4 @@
-"""Schemathesis against the public OpenAPI: every operation, as a professional and as a client.
-
-The schema is built at import from the same route tables the gateway and the services
-serve it from (no I/O), because schemathesis's fixture-loaded schemas do not run under
-pytest 9.2; `test_fuzzed_document_is_the_served_one` checks that the two are identical,
-so what is fuzzed is exactly `GET /api/openapi.json` of the running stack.
-
-`make fuzz` runs it longer (FUZZ_EXAMPLES) and on both databases (FUZZ_BACKENDS).
-"""
+"""Schemathesis against the public OpenAPI: every operation, as a professional and as a client."""
 
 from __future__ import annotations
 
@@ -29,10 +21,35 @@ from services.connections import api as connections_api
 from .stack import Stack
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "20"))
-STATEFUL_EXAMPLES = max(1, EXAMPLES // 2)
+# make test draws the same cases every run, so a failure reproduces; make fuzz new ones.
+RANDOM = os.environ.get("FUZZ_RANDOM") == "1"
+SETTINGS = settings(
+    max_examples=EXAMPLES,
+    deadline=None,  # a 2-core machine shared with the whole stack: timing is no finding
+    suppress_health_check=list(HealthCheck),
+    database=None,  # no .hypothesis/ directory in the work tree
+    derandomize=not RANDOM,
+)
 BACKENDS = os.environ.get("FUZZ_BACKENDS", "sqlite").split(",")
 PASSWORD = "correct horse battery"
 
+# The schema is built at import from the route tables the gateway and the services serve
+# it from (no I/O): schemathesis's fixture-loaded schemas (`from_fixture`) fail under
+# pytest 9.2 (they set `Function._nodeid`, which 9.2 no longer has).
+# `test_fuzzed_document_is_the_served_one` checks the two are identical, so what is fuzzed
+# is exactly `GET /api/openapi.json` of the running stack.
+#
+# Out of scope here, being fixed on another branch (issue #7, "Bad input found by
+# probing"); schemathesis does not reach them today, so nothing is filtered, but a
+# failure about one of them belongs to that fix:
+# - Content-Encoding gzip/deflate and stalled bodies: schemathesis sends neither.
+# - non-ASCII digit and 4,301-digit path ids: ids only route on [0-9] now, and the
+#   documented maximum keeps generated ids short.
+# - C1, bidi and zero-width characters in names and titles: accepted today and documented
+#   as accepted (schemas.REFUSED_SINGLE_LINE); when that fix refuses them, the constant must
+#   grow with it (tests/common/test_schema_patterns.py fails until it does).
+# - `offset` of GET /api/notifications: not documented until that fix adds it.
+# - text lengths on PostgreSQL: `make fuzz` runs this on PostgreSQL too.
 DOCUMENT = public_document(
     document_part(api.ROUTES, api.ERRORS) for api in (auth_api, connections_api, activities_api)
 )
@@ -84,7 +101,7 @@ def test_fuzzed_document_is_the_served_one(stack: Stack) -> None:
 
 
 @schema.parametrize()
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@SETTINGS
 def test_api_conforms_to_its_openapi(case: schemathesis.Case, stack: Stack, caller: Caller) -> None:
     case.call_and_validate(base_url=stack.gateway_url, headers=_headers(case, stack, caller))
 
@@ -108,10 +125,5 @@ def test_api_workflows_conform_to_its_openapi(stack: Stack, caller: Caller) -> N
             return {"base_url": stack.gateway_url, "headers": _headers(case, stack, caller)}
 
     Workflow.run(
-        settings=settings(
-            max_examples=STATEFUL_EXAMPLES,
-            stateful_step_count=5,
-            deadline=None,
-            suppress_health_check=list(HealthCheck),
-        )
+        settings=settings(SETTINGS, max_examples=max(1, EXAMPLES // 2), stateful_step_count=5)
     )
