@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import uuid
 from dataclasses import dataclass
@@ -54,7 +55,8 @@ DOCUMENT = public_document(
     document_part(api.ROUTES, api.ERRORS) for api in (auth_api, connections_api, activities_api)
 )
 # The WebSocket upgrade is not a request/response operation (tests/live covers it).
-schema = schemathesis.openapi.from_dict(DOCUMENT).exclude(path="/api/ws")
+# A copy: schemathesis changes the dict it loads, which then no longer equals the served one.
+schema = schemathesis.openapi.from_dict(copy.deepcopy(DOCUMENT)).exclude(path="/api/ws")
 
 pytestmark = [
     pytest.mark.parametrize("backend", BACKENDS, indirect=True),
@@ -103,7 +105,27 @@ def test_fuzzed_document_is_the_served_one(stack: Stack) -> None:
 @schema.parametrize()
 @SETTINGS
 def test_api_conforms_to_its_openapi(case: schemathesis.Case, stack: Stack, caller: Caller) -> None:
-    case.call_and_validate(base_url=stack.gateway_url, headers=_headers(case, stack, caller))
+    headers = _headers(case, stack, caller)
+    response = case.call(base_url=stack.gateway_url, headers=headers)
+    excluded = []
+    if response.status_code == 400 and _code(response) == "not_a_client":
+        # A well-formed invitation of an address a professional signed up with (the fuzzed
+        # sign-ups take simple addresses too): API.md makes that a 400, which the check for
+        # schema-valid requests would otherwise count as refusing valid data.
+        excluded.append(schemathesis.checks.positive_data_acceptance)
+    case.validate_response(
+        response,
+        headers=headers,
+        excluded_checks=excluded,
+        transport_kwargs={"base_url": stack.gateway_url, "headers": headers},
+    )
+
+
+def _code(response: schemathesis.Response) -> str | None:
+    try:
+        return response.json().get("code")
+    except (ValueError, AttributeError):
+        return None
 
 
 def _headers(case: schemathesis.Case, stack: Stack, caller: Caller) -> dict[str, str] | None:

@@ -541,6 +541,17 @@ async def test_hostile_paths_and_queries_of_the_other_services_never_5xx(api: Ap
             assert_problem(reply, reply.status)
 
 
+async def test_long_query_strings_get_a_problem(api: Api) -> None:
+    """Past 8 KiB aiohttp's own parser answered a plain-text 400 (found by schemathesis)."""
+    account = await api.signup()
+    for path in ("/api/users", "/api/connection/list", "/api/notifications"):
+        query = "&".join(["limit=x"] * 2000)  # about 16 KB
+        reply = await api.call("GET", f"{path}?{query}", token=account.token)
+        assert_problem(reply, 400, "invalid_query")
+        reply = await api.call("GET", f"{path}?pad={'a' * 20000}", token=account.token)
+        assert reply.status == 200, (path, reply.text)
+
+
 # --- afterwards ---------------------------------------------------------------------------
 
 
