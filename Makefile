@@ -4,11 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test faults browser lint format bench clean help
+.PHONY: run test faults fuzz browser lint format bench clean help
 
 help:
 	@echo "make run    start the whole stack (gateway on http://127.0.0.1:8080)"
 	@echo "make test   run the test suite"
+	@echo "make fuzz   schemathesis, longer, on SQLite and PostgreSQL"
 	@echo "make lint   ruff check + format check"
 	@echo "make bench  run the benchmarks under bench/"
 	@echo "make faults the fault suite's long form (FAULTS_SIZE, FAULTS_CHANGES, FAULTS_ARGS)"
@@ -29,6 +30,15 @@ test: $(STAMP) browser
 # prints the table. FAULTS_SIZE=short|long, FAULTS_CHANGES=N, FAULTS_ARGS="--backend sqlite".
 faults: $(STAMP)
 	$(PY) -m tests.faults $(FAULTS_ARGS)
+
+# The schemathesis run of `make test` (tests/test_schemathesis.py), with more examples per
+# operation, new ones each run, on both databases; FUZZ_EXAMPLES and FUZZ_BACKENDS may be
+# overridden.
+FUZZ_EXAMPLES ?= 300
+FUZZ_BACKENDS ?= sqlite,postgres
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_BACKENDS=$(FUZZ_BACKENDS) FUZZ_RANDOM=1 FUZZ_TIMEOUT=3600 \
+		$(PY) -m pytest tests/test_schemathesis.py $(PYTEST_ARGS)
 
 # Headless Chromium for tests/e2e/test_demo_page.py: installed with apt when running as root.
 browser:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.consumer import ReadBarrier
 from services.common.health import CachedCheck, health_response, probe
@@ -77,8 +77,19 @@ def _upstream_route(name: str, *, public: frozenset[str] = frozenset()) -> Any:
     return handler
 
 
-async def method_not_allowed(request: web.Request) -> web.StreamResponse:
-    raise Problem(405, "method_not_allowed", f"{request.method} is not allowed here.")
+def _method_not_allowed(allowed: Iterable[str]) -> Any:
+    """405 for a method the path does not take, with the `Allow` that RFC 9110 requires."""
+    allow = ", ".join(sorted(set(allowed)))
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        raise Problem(
+            405,
+            "method_not_allowed",
+            f"{request.method} is not allowed here.",
+            headers={"Allow": allow},
+        )
+
+    return handler
 
 
 async def not_found(request: web.Request) -> web.StreamResponse:
@@ -155,10 +166,14 @@ async def openapi(request: web.Request) -> web.Response:
     await asyncio.gather(*(fetch(n) for n in missing), return_exceptions=True)
     if any(name not in parts for name in app[upstreams_key]):
         raise unavailable("A service did not describe its routes; try again shortly.")
-    own = {"paths": {}, "components": {"schemas": {}}}
+    return json_response(public_document(parts.values()))
+
+
+def public_document(service_parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The gateway's own routes merged with the parts the services describe."""
+    own: dict[str, Any] = {"paths": {}, "components": {"schemas": {}}}
     own["paths"], own["components"]["schemas"] = document_paths(ROUTES, {})
-    document = merge([own, *parts.values()], title="HealthConnect API", version=VERSION)
-    return json_response(document)
+    return merge([own, *service_parts], title="HealthConnect API", version=VERSION)
 
 
 Dependency = Literal["redis", "auth", "connections", "activities", "notifications"]
@@ -176,8 +191,18 @@ class LiveOut(BaseModel):
 SINCE_QUERY = {
     "name": "since",
     "in": "query",
-    "schema": {"type": "string", "pattern": "^([0-9]{1,20}(-[0-9]{1,20})?)?$"},
+    "description": "A notification id such as 1732430000000-0; empty means from the start.",
+    "schema": {"type": "string", "pattern": live.SINCE_PATTERN},
 }
+
+
+class OpenApiDocument(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    openapi: str
+    info: dict[str, Any]
+    paths: dict[str, Any]
+    components: dict[str, Any]
 
 
 class Notification(BaseModel):
@@ -194,7 +219,8 @@ ROUTES = [
     Route("GET", "/api/health/live", liveness,
           "Liveness: the gateway process answers (no dependency is checked)",
           response=LiveOut, auth=False),
-    Route("GET", "/api/openapi.json", openapi, "This document", auth=False),
+    Route("GET", "/api/openapi.json", openapi, "This document", response=OpenApiDocument,
+          auth=False),
     Route("GET", "/api/notifications", live.notifications,
           "The caller's notifications after `since`, oldest first (`offset` counts after `since`)",
           response=Notification, many=True, query=[SINCE_QUERY, *PAGE_PARAMS]),
@@ -293,9 +319,12 @@ def create_app(settings: GatewaySettings | None = None) -> web.Application:
     app[openapi_parts_key] = {}
     register(app, ROUTES)
     router = app.router
+    methods: dict[str, list[str]] = {}
     for route in ROUTES:  # other methods get 405 here, not the catch-all's 404
-        for path in (route.path, route.path + "/"):
-            router.add_route("*", path, method_not_allowed)
+        methods.setdefault(route.path, []).append(route.method)
+    for path, allowed in methods.items():
+        for variant in (path, path + "/"):
+            router.add_route("*", variant, _method_not_allowed(allowed))
     # The demo page: on the router directly, so it stays out of the API's OpenAPI document.
     router.add_get("/", index)
     router.add_get("/static/{name}", _static_handler())

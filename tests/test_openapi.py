@@ -171,3 +171,34 @@ async def test_health_documents_its_json_answers(document: dict) -> None:
     live = document["paths"]["/api/health/live"]["get"]
     assert "security" not in live
     assert "application/json" in live["responses"]["200"]["content"]
+
+
+def test_schemas_use_json_schema_keywords_only(document: dict) -> None:
+    """A constraint pydantic cannot express (e.g. behind a before-validator) comes out under
+    its own name (`gt`, `le`, ...), which no JSON Schema tool reads: it must not appear."""
+    pydantic_only = {"gt", "ge", "lt", "le", "strict", "strip_whitespace", "min_length"}
+
+    def walk(node: object, where: str) -> None:
+        if isinstance(node, dict):
+            if node.get("type") in ("integer", "number", "string"):
+                leaked = pydantic_only & set(node)
+                assert not leaked, (where, leaked)
+            for key, value in node.items():
+                walk(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}/{i}")
+
+    walk(document, "#")
+
+
+def test_request_bodies_are_required_when_a_field_is(document: dict) -> None:
+    schemas = document["components"]["schemas"]
+    for path, ops in document["paths"].items():
+        for method, op in ops.items():
+            body = op.get("requestBody")
+            if body is None:
+                continue
+            ref = body["content"]["application/json"]["schema"]["$ref"]
+            required = schemas[ref.rsplit("/", 1)[1]].get("required", [])
+            assert body["required"] is bool(required), (method, path)

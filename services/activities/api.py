@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from aiohttp import web
-from pydantic import Field, RootModel
+from pydantic import BeforeValidator, Field, RootModel
 
 from services.common.events import ActivityData, InviteData
 from services.common.openapi import PAGE_PARAMS, Route
 from services.common.problems import DomainErrors
-from services.common.schemas import Id, RequestModel, Timestamp, text
+from services.common.schemas import Id, RequestModel, Timestamp, text, whole_number
 from services.common.web import (
     authenticate,
     json_response,
@@ -52,7 +52,9 @@ class CreateActivityBody(RequestModel):
     title: Title
     description: Description = ""
     starts_at: Timestamp | None = None
-    capacity: Annotated[int, Field(strict=True, ge=1, le=100_000)] | None = None
+    capacity: (
+        Annotated[int, Field(strict=True, ge=1, le=100_000), BeforeValidator(whole_number)] | None
+    ) = None
 
 
 class InviteBody(RequestModel):

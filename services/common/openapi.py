@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from .problems import DomainErrors
+from .web import MAX_ID, MAX_LIMIT, MAX_OFFSET
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -62,20 +63,34 @@ REPLAYED_HEADER: dict[str, Any] = {
     "description": "`true` when this is the recorded answer to an earlier request",
     "schema": {"type": "string", "enum": ["true"]},
 }
-# Path ids: ASCII digits naming a positive 64-bit signed integer (anything else is a 404).
-ID_SCHEMA: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+LIMIT_PARAM = {
+    "name": "limit",
+    "in": "query",
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
+}
 PAGE_PARAMS = [
-    {
-        "name": "limit",
-        "in": "query",
-        "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
-    },
+    LIMIT_PARAM,
     {
         "name": "offset",
         "in": "query",
-        "schema": {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0},
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0},
     },
 ]
+# Path ids are ASCII digits (the route only matches those) naming a positive 64-bit integer.
+ID_PARAM = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+}
+ID_ROUTE_PATTERN = "{id:[0-9]+}"
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+}
 
 
 @dataclass(frozen=True)
@@ -124,10 +139,15 @@ class Route:
 
 
 def register(app: web.Application, routes: Iterable[Route]) -> None:
-    """Add each route with and without a trailing slash (API.md: they are one route)."""
+    """Add each route with and without a trailing slash (API.md: they are one route).
+
+    `{id}` only matches digits, so `/api/activities/invite` is not also a `DELETE
+    /api/activities/{id}` (its 405 would list DELETE) and `/api/activities/abc` names nothing.
+    """
     for route in routes:
-        app.router.add_route(route.method, route.path, route.handler)
-        alias = route.path[:-1] if route.path.endswith("/") else route.path + "/"
+        path = route.path.replace("{id}", ID_ROUTE_PATTERN)
+        app.router.add_route(route.method, path, route.handler)
+        alias = path[:-1] if path.endswith("/") else path + "/"
         if alias:
             app.router.add_route(route.method, alias, route.handler)
 
@@ -168,24 +188,28 @@ def document_paths(
             op["security"] = [{"bearer": []}]
         params = [dict(p) for p in route.query]
         if "{id}" in route.path:
-            params.append({"name": "id", "in": "path", "required": True, "schema": ID_SCHEMA})
+            params.append(dict(ID_PARAM))
         if route.method in IDEMPOTENT_METHODS:
             params.append(dict(IDEMPOTENCY_PARAM))
         if params:
             op["parameters"] = params
         if route.body is not None:
+            # An empty body counts as `{}`: it is only optional when no field is required.
+            required = any(f.is_required() for f in route.body.model_fields.values())
             op["requestBody"] = {
-                "required": False,
+                "required": required,
                 "content": {"application/json": {"schema": {"$ref": refs[route.body]}}},
             }
         for status in sorted(route.statuses(errors)):
             response: dict[str, Any] = {"description": HTTPStatus(status).phrase}
+            if status in (429, 503):
+                response["headers"] = dict(RETRY_AFTER)
             if status == route.status and route.response is not None:
                 response["content"] = {
                     "application/json": {"schema": _response_schema(route, refs)}
                 }
             if status == route.status and route.method in IDEMPOTENT_METHODS:
-                response["headers"] = {"Idempotent-Replayed": REPLAYED_HEADER}
+                response.setdefault("headers", {})["Idempotent-Replayed"] = REPLAYED_HEADER
             if status in route.other_bodies:
                 ref = {"$ref": refs[route.other_bodies[status]]}
                 response["content"] = {"application/json": {"schema": ref}}
@@ -209,10 +233,15 @@ def _response_schema(route: Route, refs: dict[Any, str]) -> dict[str, Any]:
     return {"type": "array", "items": item} if route.many else item
 
 
+def document_part(routes: Sequence[Route], errors: DomainErrors) -> dict[str, Any]:
+    """One component's part of the public document, as its `GET /openapi.json` serves it."""
+    paths, components = document_paths(routes, errors)
+    return {"paths": paths, "components": {"schemas": components}}
+
+
 def openapi_handler(routes: Sequence[Route], errors: DomainErrors) -> Handler:
     """`GET /openapi.json` of one component: its part of the public document."""
-    paths, components = document_paths(routes, errors)
-    body = {"paths": paths, "components": {"schemas": components}}
+    body = document_part(routes, errors)
 
     async def handler(request: web.Request) -> web.Response:
         return web.json_response(body)

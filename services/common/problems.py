@@ -162,6 +162,8 @@ def domain_error_middleware(mapping: DomainErrors) -> Callable[..., Awaitable[we
                     headers = {}
                     if retry := getattr(exc, "retry_after", None):
                         headers["Retry-After"] = str(retry)
+                    elif status == 503:  # API.md: every 503 says when to try again
+                        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
                     raise Problem(status, code, detail, headers=headers) from exc
             raise
 

@@ -8,6 +8,7 @@ import unicodedata
 from collections.abc import Callable
 from typing import Annotated
 
+from email_validator import SPECIAL_USE_DOMAIN_NAMES
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -16,6 +17,7 @@ from pydantic import (
     EmailStr,
     Field,
     StringConstraints,
+    WithJsonSchema,
 )
 
 MAX_ID = 2**63 - 1
@@ -94,19 +96,6 @@ def single_line(value: str) -> str:
 EDGE_CONTROLS = "\t\n\x0b\x0c\r"
 
 
-def text_pattern(*, multiline: bool, required: bool) -> str:
-    """The JSON Schema pattern (ECMA 262) of what a `text()` field takes, as sent: spaces
-    and ASCII white-space controls at either end, and between them only characters that
-    `single_line` (or `no_control_chars`) takes; `required`: at least one character
-    that is not white space."""
-    controls = "\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f" if multiline else "\\u0000-\\u001f"
-    refused = controls + _PATTERN_EXCLUDED
-    edge = "[\\t-\\r ]*"
-    if required:
-        return f"^{edge}[^{refused}]*[^\\s{refused}][^{refused}]*{edge}$"
-    return f"^{edge}[^{refused}]*{edge}$"
-
-
 def utc(value: dt.datetime) -> dt.datetime:
     """Naive timestamps are taken as UTC; aware ones are converted to it.
 
@@ -128,7 +117,48 @@ class RequestModel(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
 
-Id = Annotated[int, Field(strict=True, gt=0, le=MAX_ID)]
+def whole_number(value: object) -> object:
+    # JSON has one number type: to JSON Schema (and JavaScript) 5.0 is the integer 5, so it
+    # is taken as 5; "5", true and 5.5 are still refused by the strict integer after this.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Id = Annotated[int, Field(strict=True, gt=0, le=MAX_ID), BeforeValidator(whole_number)]
+
+
+# What trimming removes (Unicode White_Space, as pydantic's strip_whitespace reads it), as
+# a JSON Schema (ECMA-262) character-class body.
+STRIPPED = r"\t\n\u000b\u000c\r\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# The white space the validators take inside a value (the rest of STRIPPED is refused): it
+# is padding too when it comes between the ASCII white space at an end and the text.
+KEPT_SPACE = r"\u0020\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000"
+
+
+def text_pattern(min_length: int, max_length: int, *, multiline: bool) -> str:
+    """The JSON Schema pattern (ECMA 262) of what a `text()` field takes, as sent.
+
+    ASCII white space at either end (padding, unchecked), then white space the validators
+    take, then the kept text: only characters `single_line` (or `no_control_chars`) takes,
+    `min_length` to `max_length` of them, starting and ending with one trimming keeps; then
+    the same padding in reverse. The lengths are in the pattern, not in minLength/maxLength:
+    those would count the padding, which is trimmed before the length is checked.
+    Joiners are left out: the validators take them only between visible non-Latin
+    characters, which a pattern without Unicode classes cannot say.
+    """
+    controls = "\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f" if multiline else "\\u0000-\\u001f"
+    refused = controls + _PATTERN_EXCLUDED
+    space = KEPT_SPACE + ("\\t\\n\\r" if multiline else "")
+    edge = f"[^{refused}{STRIPPED}]"
+    if max_length == 1:
+        kept = edge
+    elif min_length <= 1:
+        kept = f"{edge}(?:[^{refused}]{{0,{max_length - 2}}}{edge})?"
+    else:
+        kept = f"{edge}[^{refused}]{{{min_length - 2},{max_length - 2}}}{edge}"
+    kept = f"(?:{kept}[{space}]*)?" if min_length == 0 else f"{kept}[{space}]*"
+    return f"^[\\t-\\r ]*[{space}]*{kept}[\\t-\\r ]*$"
 
 
 def text(min_length: int, max_length: int, *, multiline: bool = False) -> object:
@@ -136,16 +166,27 @@ def text(min_length: int, max_length: int, *, multiline: bool = False) -> object
     varchar(n) counts in a UTF8 database), refused if it holds any character that
     `single_line` (or, for multi-line text, `no_control_chars`) refuses. The characters are
     checked as sent (only ASCII white space at the ends is trimmed unchecked), as the
-    OpenAPI `pattern` describes them."""
+    OpenAPI `pattern` describes them (lengths included, counted once trimmed)."""
     check = no_control_chars if multiline else single_line
-    pattern = text_pattern(multiline=multiline, required=min_length > 0)
+    allowed = (
+        "no control characters"
+        + (" but tabs and line breaks" if multiline else "")
+        + ", no invisible or bidirectional formatting characters, no line separators"
+    )
     return Annotated[
         str,
         # Constraints first: they then apply to the str schema itself (trimmed, then
         # counted); put after a validator, they counted the untrimmed value.
         StringConstraints(strip_whitespace=True, min_length=min_length, max_length=max_length),
         BeforeValidator(_checked_str(check)),
-        Field(json_schema_extra={"pattern": pattern}),
+        WithJsonSchema(
+            {
+                "type": "string",
+                "pattern": text_pattern(min_length, max_length, multiline=multiline),
+                "description": f"{min_length}-{max_length} characters once surrounding "
+                f"whitespace is trimmed; {allowed}.",
+            }
+        ),
     ]
 
 
@@ -171,8 +212,14 @@ def iso_string(value: object) -> object:
     return value
 
 
+# Documented as RFC 3339 with a four-digit year from 1000; the first and last day of that
+# range are left out because an offset can carry them outside it.
+TIMESTAMP_PATTERN = "^(?!1000-01-01|9999-12-31)[1-9][0-9]{3}-"
 Timestamp = Annotated[
-    dt.datetime, BeforeValidator(iso_string), Field(strict=False), AfterValidator(utc)
+    dt.datetime,
+    BeforeValidator(iso_string),
+    Field(strict=False, json_schema_extra={"pattern": TIMESTAMP_PATTERN}),
+    AfterValidator(utc),
 ]
 
 
@@ -195,10 +242,20 @@ def stored_length(value: str) -> str:
     return value
 
 
+def _special_use_pattern() -> str:
+    # email-validator refuses addresses at special-use domains (`x@y.test`); the JSON
+    # Schema `email` format does not, so the pattern says it (any case, as DNS reads it).
+    names = "|".join(
+        "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in name)
+        for name in SPECIAL_USE_DOMAIN_NAMES
+    )
+    return rf"^(?!.*[.@]({names})\.?$)"
+
+
 Email = Annotated[
     EmailStr,
     BeforeValidator(plain_address),
     BeforeValidator(_checked_str(single_line)),  # as names: email-validator takes blank letters
-    Field(max_length=MAX_EMAIL),
+    Field(max_length=MAX_EMAIL, json_schema_extra={"pattern": _special_use_pattern()}),
     AfterValidator(stored_length),
 ]

@@ -29,8 +29,14 @@ MAX_BODY = 64 * 1024
 # Content codings a body may arrive in: the ones aiohttp decodes (br and zstd with the
 # Brotli and backports.zstd packages). Any other coding it would hand on still coded.
 BODY_CODINGS = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})
+# A request line or header of up to 64 KiB reaches the app, whose answer is a problem; past
+# aiohttp's default 8 KiB its parser answered a plain-text 400 itself (schemathesis sent
+# such query strings).
+MAX_LINE = 64 * 1024
 GC_THRESHOLD = 10_000  # allocations between young-generation passes (CPython: 700)
 MAX_ID = 2**63 - 1
+MAX_LIMIT = 200
+MAX_OFFSET = 10**9
 JSON_TYPES = ("application/json",)
 DEFAULT_BODY_TIMEOUT = 15.0  # seconds for a whole request body to arrive
 
@@ -187,12 +193,9 @@ def query_int(request: web.Request, name: str, default: int, low: int, high: int
     return value
 
 
-MAX_OFFSET = 10**9
-
-
 def page(request: web.Request) -> tuple[int, int]:
-    """`?limit=` (1-200, default 50) and `?offset=` (default 0)."""
-    limit = query_int(request, "limit", 50, 1, 200)
+    """`?limit=` (1-200, default 50) and `?offset=` (0-10^9, default 0)."""
+    limit = query_int(request, "limit", 50, 1, MAX_LIMIT)
     offset = query_int(request, "offset", 0, 0, MAX_OFFSET)
     return limit, offset
 
@@ -385,4 +388,6 @@ def serve(app_factory: Callable[[], Awaitable[web.Application]], settings: Commo
         keepalive_timeout=settings.keepalive_timeout_seconds,
         print=None,
         backlog=1024,
+        max_line_size=MAX_LINE,
+        max_field_size=MAX_LINE,
     )

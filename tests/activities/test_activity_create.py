@@ -112,7 +112,14 @@ async def test_create_capacity_accepted(api: Api, capacity: int) -> None:
     assert (await create(api, pro, capacity=capacity))["capacity"] == capacity
 
 
-@pytest.mark.parametrize("capacity", [0, -1, "3", 1.5, 3.0, True, False, [3], {"n": 3}], ids=repr)
+async def test_create_capacity_spelled_as_a_whole_float(api: Api) -> None:
+    # JSON has one number type: 3.0 is the integer 3 to JSON Schema, hence to the OpenAPI.
+    pro = await api.signup("professional")
+    created = await create(api, pro, capacity=3.0)
+    assert created["capacity"] == 3 and isinstance(created["capacity"], int)
+
+
+@pytest.mark.parametrize("capacity", [0, -1, "3", 1.5, 0.0, True, False, [3], {"n": 3}], ids=repr)
 async def test_create_bad_capacity(api: Api, capacity: Any) -> None:
     pro = await api.signup("professional")
     assert_invalid(await post(api, pro.token, {"title": "T", "capacity": capacity}), "capacity")

@@ -36,6 +36,14 @@ async def test_request_pro_returns_the_connection(api: Api) -> None:
     assert body["client"] == party(client)
 
 
+async def test_request_pro_takes_an_id_spelled_as_a_whole_float(api: Api) -> None:
+    # JSON has one number type: 7.0 is the integer 7 to JSON Schema, hence to the OpenAPI.
+    client, pro = await api.signup("client"), await api.signup("professional")
+    reply = await request_pro(api, client, float(pro.id))
+    assert reply.status == 201, reply.text
+    assert reply.body["professional"]["id"] == pro.id
+
+
 async def test_request_pro_right_after_the_professional_signed_up(api: Api) -> None:
     """No wait between the professional's sign-up and the request (read-your-writes)."""
     client = await api.signup("client")
@@ -79,7 +87,8 @@ async def test_request_pro_unknown_professional(api: Api) -> None:
         assert_problem(await request_pro(api, client, target), 404, "professional_not_found")
 
 
-BAD_IDS: list[Any] = [0, -1, -(2**62), "1", "abc", "", 1.0, 1.5, True, False, None, [1], {"id": 1}]
+# Not 1.0: JSON Schema (and JSON itself) reads it as the integer 1, so it is accepted as 1.
+BAD_IDS: list[Any] = [0, -1, -(2**62), "1", "abc", "", 1.5, 0.0, True, False, None, [1], {"id": 1}]
 
 
 async def test_request_pro_bad_professional_id(api: Api) -> None:

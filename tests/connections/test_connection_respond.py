@@ -136,7 +136,7 @@ async def test_bad_action(api: Api) -> None:
 async def test_bad_connection_id(api: Api) -> None:
     client, pro = await api.signup("client"), await api.signup("professional")
     created = await requested(api, client, pro)
-    for value in [0, -1, str(created["id"]), 1.0, True, None, [created["id"]], 2**63]:
+    for value in [0, -1, str(created["id"]), 1.5, True, None, [created["id"]], 2**63]:
         reply = await respond(api, pro, value, "accept")
         assert_problem(reply, 400, "validation_error")
         assert "connection_id" in {e["field"] for e in reply.body["errors"]}, (value, reply.body)
