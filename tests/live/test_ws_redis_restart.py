@@ -58,6 +58,7 @@ async def test_logs_survive_and_missed_notifications_arrive_after_a_restart(
     # get what happened meanwhile once Redis is back.
     fresh = await sockets.open(live.url, newcomer, since="0", label="newcomer")
     [message] = await fresh.wait_count(1, within=20)
+
     # The first call to a service right after Redis came back may meet a pooled
     # connection that died with it: 503 with Retry-After, as API.md allows; the retry
     # goes through.
