@@ -207,7 +207,7 @@ async def test_stream_keeps_commit_order(database: Database, redis_client: aiore
     """Concurrent writers, each dawdling between its outbox insert and its commit: the
     stream gets every row once, in (txid, id) order on PostgreSQL (id order on SQLite),
     so positions only grow along it: no row went out while an older transaction was still
-    running. And writers do not wait for each other to commit."""
+    running."""
     outbox = make_outbox(database, redis_client)
 
     def dawdle(session: Session) -> None:
@@ -227,9 +227,7 @@ async def test_stream_keeps_commit_order(database: Database, redis_client: aiore
         await database.write(work)
 
     async with relaying(outbox):
-        started = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(50)))
-        took = time.perf_counter() - started
         await eventually(lambda: published_count(redis_client, 50), within=10)
 
         async def all_marked() -> bool:
@@ -242,8 +240,6 @@ async def test_stream_keeps_commit_order(database: Database, redis_client: aiore
     if database.dialect == "postgresql":
         expected = sorted(stored, key=lambda r: (r.txid, r.id))
         assert len({r.txid for r in stored}) == 50
-        # 50 dawdles of 10 ms on average, one at a time, would take 0.5 s and more.
-        assert took < 0.5, took
     else:
         expected = sorted(stored, key=lambda r: r.id)
     entries = await redis_client.xrange(AUTH_STREAM)
