@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
 
 import redis.asyncio as aioredis
 
@@ -47,16 +46,14 @@ async def test_a_failing_event_holds_up_no_invite(api: Api, stack_redis: aioredi
     pro = await api.signup("professional")
     activity = await create(api, pro, title="Group")
     await _put(stack_redis, _poison())
-    took = []
     for _ in range(5):
         client = await api.signup("client")
         await connect(api, pro, client)  # published after the poison: handled past it
-        started = time.perf_counter()
         reply = await invite_reply(api, pro, activity["id"], client.id)
-        took.append(time.perf_counter() - started)
         assert reply.status == 201, reply.text
-    # The old barrier waited out its 1 s timeout on every call until the dead letter.
-    assert sorted(took)[2] < 0.5, took
+    # Were the failing entry counted as in flight, every invite would wait out the
+    # barrier's 1 s and answer 503 (the copy not confirmed current) until it is
+    # dead-lettered minutes later: all five got through.
 
 
 async def test_unknown_event_types_are_skipped_not_dead_lettered(

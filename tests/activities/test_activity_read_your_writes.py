@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from ..api import Api
 from .conftest import connect, create, invite_reply
@@ -47,7 +46,6 @@ async def test_positions_are_the_gateways_own(api: Api) -> None:
     activity = await api.call("POST", "/api/activities/", json={"title": "Group"}, token=pro.token)
     assert activity.status == 201
     assert "X-Outbox-Row" not in activity.headers
-    started = time.perf_counter()
     reply = await api.call(
         "POST",
         "/api/activities/invite",
@@ -55,8 +53,9 @@ async def test_positions_are_the_gateways_own(api: Api) -> None:
         token=pro.token,
         headers={"X-Read-After": "connections.events=999999999999"},
     )
+    # Held for a row that will never come, the barrier would give up after 1 s and the
+    # answer would be 503: the gateway dropped the client's header.
     assert reply.status == 201, reply.text
-    assert time.perf_counter() - started < 0.9  # not held for a row that will never come
 
 
 async def test_a_notification_is_listed_as_soon_as_its_change_returned(api: Api) -> None:

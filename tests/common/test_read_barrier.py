@@ -80,14 +80,10 @@ async def test_barrier_target_is_fixed_when_the_call_arrives(
             await asyncio.sleep(0.2)
             marker = user_event(1)
             await publish(redis_client, stream, marker)
-            loop = asyncio.get_running_loop()
-            started = loop.time()
             assert await barrier.wait(within=10)
-            waited = loop.time() - started
             # Everything up to the marker is handled, though the stream has grown since.
             assert marker.event_id in handler.handled
             assert await redis_client.xlen(stream) > len(handler.handled)
-            assert waited < 10
         finally:
             stop_feed.set()
             await feeder
@@ -119,10 +115,8 @@ async def test_a_failing_entry_does_not_hold_the_barrier_or_the_entries_behind_i
     async with consuming(consumer), barrier_running(barrier):
         await publish(redis_client, stream, poison)
         await publish(redis_client, stream, after)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        assert await barrier.wait(within=5)
-        assert loop.time() - started < 1.0
+        # Retried only after 30 s: a barrier that waited for it would say no here.
+        assert await barrier.wait(within=10)
         assert handler.handled == [after.event_id]
         assert handler.attempts[poison.event_id] == 1
         assert await redis_client.xlen(dead_letter_stream(stream)) == 0  # retried, not dead
