@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Literal
 
-import redis.exceptions as redis_errors
 from aiohttp import web
 
-from services.common.consumer import wait_caught_up
-from services.common.events import CONNECTIONS_STREAM, ConnectionData
+from services.common.consumer import ReadBarrier
+from services.common.events import ConnectionData
 from services.common.openapi import PAGE_PARAMS, Route
 from services.common.outbox import AFTER_PUBLISHED
 from services.common.problems import DomainErrors, Problem
 from services.common.schemas import Email, Id, RequestModel
-from services.common.service_app import settings_key
 from services.common.web import (
     authenticate,
     json_response,
     page,
     path_id,
     read_json,
-    redis_key,
     require_role,
 )
 
@@ -30,6 +26,7 @@ from . import service
 from .service import ConnectionsContext
 
 CASCADE_WAIT_SECONDS = 3.0
+cascades_key = web.AppKey("cascades", list[ReadBarrier])
 ctx_key = web.AppKey("connections_ctx", ConnectionsContext)
 
 ERRORS: DomainErrors = {
@@ -134,23 +131,11 @@ async def remove(request: web.Request) -> web.Response:
     # notifications, in the order API.md promises. Bounded (CASCADE_WAIT_SECONDS, enough
     # for a restarting service to catch up); a cascade stopped longer only loses that
     # ordering, never the answer.
-    groups = request.app[settings_key].cascade_groups
-    if groups:
-        redis = request.app[redis_key]
+    barriers = request.app.get(cascades_key) or []
+    if barriers:
 
         async def cascaded() -> None:
-            with contextlib.suppress(redis_errors.RedisError, OSError):
-                await asyncio.gather(
-                    *(
-                        wait_caught_up(
-                            redis,
-                            group=g,
-                            streams=[CONNECTIONS_STREAM],
-                            within=CASCADE_WAIT_SECONDS,
-                        )
-                        for g in groups
-                    )
-                )
+            await asyncio.gather(*(b.wait(within=CASCADE_WAIT_SECONDS) for b in barriers))
 
         request[AFTER_PUBLISHED] = cascaded
     return web.Response(status=204)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
 
+from services.common.consumer import ReadBarrier
+from services.common.events import CONNECTIONS_STREAM
 from services.common.service_app import (
     ServiceSpec,
     Subscription,
+    background,
     create_service_app,
     run_service,
 )
+from services.common.web import redis_key
 
 from . import api, bus
 from .config import ConnectionsSettings
@@ -22,6 +28,22 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def create_app(settings: ConnectionsSettings | None = None) -> web.Application:
+    settings = settings or ConnectionsSettings()
+
+    async def cascades_ctx(app: web.Application) -> AsyncIterator[None]:
+        # One barrier (one shared poller) per group that cascades removals (api.remove).
+        barriers = [
+            ReadBarrier(app[redis_key], group=group, streams=[CONNECTIONS_STREAM])
+            for group in settings.cascade_groups
+        ]
+        app[api.cascades_key] = barriers
+        async with contextlib.AsyncExitStack() as stack:
+            for barrier in barriers:
+                await stack.enter_async_context(
+                    background(barrier.run(), f"cascade-barrier-{barrier.group}")
+                )
+            yield
+
     spec = ServiceSpec(
         name="connections",
         outbox_model=OutboxEvent,
@@ -31,8 +53,9 @@ def create_app(settings: ConnectionsSettings | None = None) -> web.Application:
         migrations=MIGRATIONS,
         subscription=Subscription(group=bus.GROUP, streams=bus.STREAMS, handler=bus.handler),
         context=(api.ctx_key, ConnectionsContext),
+        contexts=[cascades_ctx],
     )
-    return create_service_app(spec, settings or ConnectionsSettings())
+    return create_service_app(spec, settings)
 
 
 def main() -> None:
