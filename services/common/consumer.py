@@ -45,7 +45,23 @@ log = logging.getLogger(__name__)
 
 Entry = tuple[str, str, dict[bytes, bytes]]  # stream, entry id, fields
 
-Handler = Callable[[Event], Awaitable[None]]
+
+class Deferred:
+    """What a handler returns to keep its entry unacknowledged for now (`Consumer.release`
+    acknowledges it later): the notifier holds back entries to keep each user's order."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DEFER"
+
+
+DEFER = Deferred()
+Handler = Callable[[Event], Awaitable[Deferred | None]]
+# How long the consumer holds everything back for answered rows that do not reach their
+# stream (a producer that died with them in its outbox): then it goes on without them.
+COVER_MAX_SECONDS = 10.0
+COVER_POLL_SECONDS = 0.01
 DEDUP_TTL_SECONDS = 7 * 24 * 3600
 STALL_SECONDS = 2.0  # a blocking read this much over its timeout means Redis was frozen
 
@@ -160,6 +176,8 @@ class Consumer:
         dedup: bool = True,
         on_settled: Callable[[], None] | None = None,
         settle_after_outage: float = 0.0,
+        required_rows: Callable[[], Mapping[str, int]] | None = None,
+        on_restart: Callable[[], None] | None = None,
     ) -> None:
         self.redis = redis
         self.group = group
@@ -180,6 +198,20 @@ class Consumer:
         # relay's backlog lands meanwhile, and entries merged from several streams keep the
         # order of their commits (the notifier's per-user order; see outbox.XADD_AT).
         self.settle_after_outage = settle_after_outage
+        # Outbox rows (per stream) that must have been read before anything is handled: the
+        # notifier's, those of changes the gateway answered before they were on their
+        # stream (Redis was down). A backlog that lands late then still merges in order.
+        self.required_rows = required_rows
+        self._covered: dict[str, int] = {}  # each stream read up to this row
+        self._confirmed: dict[str, int] = {}  # on the stream; the next full read covers it
+        self._cover_since: float | None = None
+        # Told each time the loop (re)starts, before the pending entries are read again:
+        # a handler that defers entries forgets them then (they all come again).
+        self.on_restart = on_restart
+        # Entries a handler deferred (event id -> stream, entry id), and those it released
+        # since, to acknowledge with the batch being handled.
+        self._deferred: dict[str, tuple[str, str]] = {}
+        self._released: list[tuple[str, str, str]] = []
         self.recovering = False
         self._errors = ErrorOnce(log, f"consumer {group}/{consumer}")
         self.running = False
@@ -208,6 +240,12 @@ class Consumer:
                 if self.recovering and self.settle_after_outage:
                     await asyncio.sleep(self.settle_after_outage)
                 self.recovering = False
+                self._deferred.clear()
+                self._released.clear()
+                self._covered.clear()
+                self._confirmed.clear()
+                if self.on_restart is not None:
+                    self.on_restart()
                 await self._drain_own_pending()
                 self.running = True
                 self._errors.clear()
@@ -230,7 +268,17 @@ class Consumer:
                 expected = isinstance(exc, redis.exceptions.RedisError | OSError)
                 self._note(exc, expected=expected or is_unavailable(exc))
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            # At most a second: once Redis is back, consumers are back within a second.
+            backoff = min(backoff * 2, 1.0)
+
+    def release(self, event_id: Any) -> None:
+        """Acknowledge, with the batch being handled, an entry its handler deferred."""
+        found = self._deferred.pop(str(event_id), None)
+        if found is not None:
+            self._released.append((*found, self._dedup_key(event_id)))
+
+    def deferred(self) -> int:
+        return len(self._deferred)
 
     def _note(self, exc: BaseException, *, expected: bool) -> None:
         self._errors.note(exc, expected=expected)
@@ -240,6 +288,7 @@ class Consumer:
         loop = asyncio.get_running_loop()
         next_claim = loop.time() + self.claim_every
         held: list[Entry] = []  # read, not handled yet (see `_in_order`)
+        read_on = False  # read again at once, without blocking
         while True:
             if loop.time() >= next_claim:
                 await self.reclaim()
@@ -251,7 +300,7 @@ class Consumer:
                 self.consumer,
                 dict.fromkeys(self.streams, ">"),
                 count=self.batch,
-                block=None if held else timeout_ms,  # held entries must not wait
+                block=None if held or read_on else timeout_ms,  # held entries must not wait
             )
             honour_cancellation()
             stalled = loop.time() - started > timeout_ms / 1000 + STALL_SECONDS
@@ -262,8 +311,63 @@ class Consumer:
                 held = ready + rest
                 await asyncio.sleep(self.settle_after_outage)
                 continue
+            read_on = False
+            if self.required_rows is not None and not await self._cover(reply):
+                # A change answered before its event was on the stream is not among what
+                # was read yet: read on and merge it in before handling anything.
+                ready, rest = self._in_order(reply, held)
+                held, read_on = ready + rest, True
+                continue
             ready, held = self._in_order(reply, held)
             await self._handle_batch(ready)
+
+    async def _cover(self, reply: Any) -> bool:
+        """Have the rows `required_rows` names all been read? If not, wait (briefly) until
+        they are on their streams, and say so: the caller reads on."""
+        assert self.required_rows is not None
+        counts = {_s(stream): entries for stream, entries in reply or []}
+        for stream in self.streams:
+            entries = counts.get(stream, [])
+            for _, fields in entries:
+                row = (fields or {}).get(b"row", b"")
+                if row.isdigit() and int(row) > self._covered.get(stream, 0):
+                    self._covered[stream] = int(row)
+            if stream in self._confirmed and len(entries) < self.batch:
+                # Read after its rows were seen on the stream, and not cut short: covered.
+                confirmed = self._confirmed.pop(stream)
+                self._covered[stream] = max(self._covered.get(stream, 0), confirmed)
+        needed = {
+            stream: row
+            for stream, row in self.required_rows().items()
+            if stream in self.streams and row > self._covered.get(stream, 0)
+        }
+        loop = asyncio.get_running_loop()
+        if not needed:
+            self._cover_since = None
+            return True
+        if self._cover_since is None:
+            self._cover_since = loop.time()
+        elif loop.time() - self._cover_since > COVER_MAX_SECONDS:
+            log.warning(
+                "%s: answered outbox rows %s never reached their streams; going on without",
+                self.group,
+                needed,
+            )
+            for stream, row in needed.items():
+                self._covered[stream] = row
+            self._cover_since = None
+            return True
+        values = await self.redis.mget([position_key(stream) for stream in needed])
+        behind = False
+        for (stream, row), value in zip(needed.items(), values, strict=True):
+            on_stream = int(value) if value and value.isdigit() else 0
+            if on_stream >= row:
+                self._confirmed[stream] = max(self._confirmed.get(stream, 0), on_stream)
+            else:
+                behind = True
+        if behind:
+            await asyncio.sleep(COVER_POLL_SECONDS)
+        return False
 
     def _in_order(self, reply: Any, held: list[Entry]) -> tuple[list[Entry], list[Entry]]:
         """Entries of several streams in the order the changes committed (the relays
@@ -316,6 +420,7 @@ class Consumer:
         them in the order Redis appended them, across streams (a consumer's pending list
         is small: what it had read and not yet acknowledged)."""
         claimed: list[Entry] = []
+        deferred = set(self._deferred.values())  # held back on purpose, not stuck
         for stream in self.streams:
             start = "0-0"
             while True:
@@ -328,7 +433,11 @@ class Consumer:
                     count=self.batch,
                 )
                 start, entries = _s(reply[0]), reply[1]
-                claimed += [(stream, _s(e[0]), e[1]) for e in entries if e and e[1] is not None]
+                claimed += [
+                    (stream, _s(e[0]), e[1])
+                    for e in entries
+                    if e and e[1] is not None and (stream, _s(e[0])) not in deferred
+                ]
                 if start == "0-0":
                     break
         claimed.sort(key=self._order_key)
@@ -356,6 +465,7 @@ class Consumer:
                 found = await pipe.execute()
             seen = {key for key, hit in zip(keys, found, strict=True) if hit}
         done: list[tuple[str, str, str]] = []  # (stream, entry id, dedup key) to settle
+        newly_deferred: list[tuple[str, str]] = []
         many = getattr(self.handler, "many", None)
         fresh = [(d, k) for d, k in zip(decoded, keys, strict=True) if k not in seen]
         if many is not None and len(fresh) > 1 and len({k for _, k in fresh}) == len(fresh):
@@ -375,6 +485,8 @@ class Consumer:
                     (stream, entry_id, key)
                     for (stream, entry_id, _, _), key in zip(decoded, keys, strict=True)
                 ]
+                done += self._released
+                self._released = []
                 await asyncio.shield(self._settle(done))
                 return
         try:
@@ -382,32 +494,55 @@ class Consumer:
                 if key in seen:  # handled before, or earlier in this batch (a duplicate)
                     done.append((stream, entry_id, key))
                     continue
+                event_id = str(event.event_id)
+                # Registered before the handler runs, which may release it at once; a second
+                # copy of an event already deferred is never registered over the first.
+                mine = event_id not in self._deferred
+                if mine:
+                    self._deferred[event_id] = (stream, entry_id)
                 try:
-                    await self.handler(event)
+                    result = await self.handler(event)
                 except asyncio.CancelledError:
                     raise
                 except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
                     raise  # Redis itself is down: the loop waits, the entry stays pending
                 except Exception as exc:
+                    if mine:
+                        self._deferred.pop(event_id, None)
                     if is_unavailable(exc):
                         raise  # the database is down: this and what follows wait, in order
                     await self._failed(stream, entry_id, fields, event, exc)
                     continue
+                if result is DEFER and mine and event_id in self._deferred:
+                    newly_deferred.append((stream, entry_id))
+                    continue
+                if mine:
+                    self._deferred.pop(event_id, None)
                 seen.add(key)
                 done.append((stream, entry_id, key))
                 self.processed += 1
         finally:
             # What was handled is settled even when a later entry stops the batch; if this
             # is lost, the entries come again and the idempotent handlers see them twice.
-            if done:
-                await asyncio.shield(self._settle(done))
+            done += self._released
+            self._released = []
+            if done or newly_deferred:
+                await asyncio.shield(self._settle(done, newly_deferred))
 
-    async def _settle(self, done: list[tuple[str, str, str]]) -> None:
+    async def _settle(
+        self, done: list[tuple[str, str, str]], deferred: Sequence[tuple[str, str]] = ()
+    ) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             for stream, entry_id, key in done:
                 if self.dedup:
                     pipe.set(key, 1, ex=DEDUP_TTL_SECONDS)
                 pipe.xack(stream, self.group, entry_id)
+            for stream, entry_id in deferred:
+                # Held back on purpose: counted as delivered twice, so read barriers do not
+                # wait for it as for an entry in flight (it comes when its turn does).
+                pipe.xclaim(
+                    stream, self.group, self.consumer, 0, [entry_id], retrycount=2, justid=True
+                )
             await pipe.execute()
         if self.on_settled is not None:
             self.on_settled()

@@ -380,3 +380,50 @@ def assert_append_order(
 def _key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq)
+
+
+async def test_a_deferred_entry_stays_pending_until_released(
+    redis_client: aioredis.Redis, stream: str
+) -> None:
+    """A handler may keep an entry unacknowledged (DEFER) and release it later: it is not
+    reclaimed meanwhile, counts as retried (not in flight) for read barriers, and after a
+    restart it comes again (the handler is told to forget what it held)."""
+    from services.common.consumer import DEFER
+
+    held, later = user_event(1), user_event(2)
+    seen: list[uuid.UUID] = []
+    restarts: list[int] = []
+    consumer: Consumer
+
+    async def handler(event: Event) -> object:
+        seen.append(event.event_id)
+        if event.event_id == held.event_id:
+            return DEFER
+        consumer.release(held.event_id)  # the next event lets the first one go
+        return None
+
+    await publish(redis_client, stream, held)
+    consumer = Consumer(
+        redis_client,
+        group=GROUP,
+        consumer="c1",
+        streams=[stream],
+        handler=handler,
+        claim_idle_ms=50,
+        claim_every=0.1,
+        on_restart=lambda: restarts.append(1),
+    )
+    async with consuming(consumer):
+        await eventually(lambda: asyncio.sleep(0, seen == [held.event_id]))
+        await asyncio.sleep(0.4)  # several reclaims: none hands it over again
+        assert seen == [held.event_id]
+        assert consumer.deferred() == 1
+        entries = await redis_client.xpending_range(stream, GROUP, min="-", max="+", count=5)
+        assert [e["times_delivered"] >= 2 for e in entries] == [True]  # not "in flight"
+    assert restarts == [1]
+    async with consuming(consumer):  # a restart: the held entry comes again
+        await eventually(lambda: asyncio.sleep(0, seen == [held.event_id] * 2))
+        await publish(redis_client, stream, later)
+        await eventually(lambda: no_pending(redis_client, stream), within=3)
+    assert seen == [held.event_id, held.event_id, later.event_id]
+    assert consumer.deferred() == 0
