@@ -15,11 +15,11 @@ STREAMS = [CONNECTIONS_STREAM]
 
 
 def on_connection_event(event: ConnectionEvent) -> UnitOfWork:
-    return on_connection_changed(event.data.connection)
+    return on_connection_changed(event)
 
 
 def on_connection_events(events: Sequence[ConnectionEvent]) -> UnitOfWork:
-    return on_connections_changed([event.data.connection for event in events])
+    return on_connections_changed(events)
 
 
 def handler(db: Database) -> Units:

@@ -4,6 +4,7 @@ No HTTP here."""
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,10 +28,14 @@ from services.common.events import (
     ActivitySummary,
     ConnectionData,
     ConnectionEvent,
+    ConnectionRemovalApplied,
+    ConnectionRemoved,
     Event,
     InviteCounts,
     InviteData,
     InvitePayload,
+    RemovalAppliedData,
+    RemovalAppliedPayload,
     format_timestamp,
 )
 from services.common.outbox import stage
@@ -427,36 +432,58 @@ async def delete_activity(ctx: ActivitiesContext, *, identity: Identity, activit
     await ctx.db.write(cancel)
 
 
-def on_connection_changed(connection: ConnectionData) -> Callable[[Session], None]:
+def on_connection_changed(event: ConnectionEvent) -> Callable[[Session], None]:
     """The unit of work of one connection event (see `on_connections_changed`)."""
-    return on_connections_changed([connection])
+    return on_connections_changed([event])
 
 
-def on_connections_changed(connections: Sequence[ConnectionData]) -> Callable[[Session], None]:
+def on_connections_changed(events: Sequence[ConnectionEvent]) -> Callable[[Session], None]:
     """Keep the copy of connections; a removal cancels the pending invites of the pair.
 
     An event older than the stored state, or carrying that same state again, is ignored,
     so redelivery and reordering leave the newest state, and a cancellation happens once.
     The copy is keyed by the connection's id, so a late removal of an older connection
     never cancels what a newer connection of the same pair allows. A batch is applied in
-    one statement, then the removals it brought cascade. Returns the unit of work.
+    one statement, then the removals it brought cascade. Every removal, cascaded or not,
+    ends with `activity.connection_removal_applied` after what it caused (the notifier
+    keeps the client's later notifications behind them). Returns the unit of work.
     """
 
     def apply(session: Session) -> None:
-        changed = apply_connections(session, ConnectionCopy, connections)
-        removals = {
-            c.id: c
-            for c in connections
-            if c.id in changed and c.status == "removed" and c.client.id is not None
-        }
-        for connection in removals.values():
-            _cascade_removal(session, connection)
+        changed = apply_connections(session, ConnectionCopy, [e.data.connection for e in events])
+        cascaded: set[int] = set()
+        for event in events:
+            if not isinstance(event, ConnectionRemoved):
+                continue
+            connection = event.data.connection
+            cancelled: list[int] = []
+            if (
+                connection.id in changed
+                and connection.id not in cascaded
+                and connection.client.id is not None
+            ):
+                cascaded.add(connection.id)
+                cancelled = _cascade_removal(session, connection, cause=event.event_id)
+            stage(
+                session,
+                ConnectionRemovalApplied(
+                    data=RemovalAppliedPayload(
+                        removal=RemovalAppliedData(
+                            connection_id=connection.id, invite_ids=cancelled
+                        )
+                    ),
+                    caused_by=event.event_id,
+                ),
+            )
 
     return apply
 
 
-def _cascade_removal(session: Session, connection: ConnectionData) -> None:
-    """Cancel the pair's invites that the removal leaves without a connection.
+def _cascade_removal(
+    session: Session, connection: ConnectionData, *, cause: uuid.UUID
+) -> list[int]:
+    """Cancel the pair's invites that the removal leaves without a connection; returns
+    their ids.
 
     When the pair is connected again (a newer connection, already in the copy: a removal
     applied late, or in one batch with the pair's next connection), only the invites made
@@ -489,5 +516,7 @@ def _cascade_removal(session: Session, connection: ConnectionData) -> None:
             ActivityInviteCancelled(
                 data=InvitePayload(invite=invite_view(row, activity)),
                 recipient_ids=[row.client_id],
+                caused_by=cause,
             ),
         )
+    return [row.id for row, _ in rows]

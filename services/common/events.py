@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
@@ -133,9 +134,14 @@ class Event(_Model):
     data: Any
     # Who is notified of this fact (API.md's notification table); empty when nobody is.
     recipient_ids: list[int] = Field(default_factory=list)
+    # For a consequence another service drew from an event (a removal's cancelled invites):
+    # that event's id, so the notifier can put it right after its cause (see CASCADES).
+    caused_by: uuid.UUID | None = None
 
     def to_json(self) -> bytes:
-        return self.model_dump_json().encode()
+        # An event that caused by nothing is written as before the field existed.
+        exclude = {"caused_by"} if self.caused_by is None else None
+        return self.model_dump_json(exclude=exclude).encode()
 
 
 class UserRegistered(Event):
@@ -206,6 +212,25 @@ class ActivityInviteCancelled(_ActivityEvent):
     data: InvitePayload
 
 
+class RemovalAppliedData(_Model):
+    connection_id: int
+    invite_ids: list[int]  # the invites it cancelled (none, often)
+
+
+class RemovalAppliedPayload(_Model):
+    removal: RemovalAppliedData
+
+
+class ConnectionRemovalApplied(_ActivityEvent):
+    """Activities has applied a `connection.removed` (its `caused_by`): every event that
+    removal caused here (`activity.invite_cancelled`, each with the same `caused_by`) is
+    before this one on activities.events. Notifies nobody; the notifier holds the client's
+    later notifications until it comes, so the cancellations keep their place."""
+
+    type: Literal["activity.connection_removal_applied"] = "activity.connection_removal_applied"
+    data: RemovalAppliedPayload
+
+
 # The base of every `connection.*` event (they all carry a ConnectionPayload), and the
 # types themselves, for consumers that treat them alike.
 ConnectionEvent = _ConnectionEvent
@@ -232,7 +257,19 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ActivityInviteAccepted,
         ActivityInviteDeclined,
         ActivityInviteCancelled,
+        ConnectionRemovalApplied,
     )
+}
+
+# Events another service cascades, each with the event that service publishes once it has
+# applied one (after what it caused): the cause type -> (the completion type, who the
+# consequences may notify). The notifier keeps those users' later notifications behind the
+# consequences, whenever the cascading service gets to them.
+CASCADES: dict[type[Event], tuple[type[Event], Callable[[Any], list[int]]]] = {
+    ConnectionRemoved: (
+        ConnectionRemovalApplied,
+        lambda event: [event.data.connection.client.id] if event.data.connection.client.id else [],
+    ),
 }
 
 
@@ -299,4 +336,5 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "activity.invite_accepted": {"invite": {**_INVITE, "status": "accepted"}},
     "activity.invite_declined": {"invite": {**_INVITE, "status": "declined"}},
     "activity.invite_cancelled": {"invite": {**_INVITE, "status": "cancelled"}},
+    "activity.connection_removal_applied": {"removal": {"connection_id": 7, "invite_ids": [9]}},
 }

@@ -24,7 +24,16 @@ from services.activities.service import (
 from services.activities.tables import Invite, OutboxEvent
 from services.common.consumer import CopyBehind
 from services.common.db import Database
-from services.common.events import ConnectionData, Party
+from services.common.events import (
+    ConnectionAccepted,
+    ConnectionData,
+    ConnectionEvent,
+    ConnectionPayload,
+    ConnectionRejected,
+    ConnectionRemoved,
+    ConnectionRequested,
+    Party,
+)
 from services.common.migrations import upgrade
 from services.common.outbox import Outbox
 from services.common.tokens import Identity
@@ -67,9 +76,21 @@ def connection(conn_id: int, status: str, seconds: int) -> ConnectionData:
 PRO_ID = Identity(user_id=PRO, role="professional", jti="j", sid="s", expires_at=0)
 
 
+EVENT_OF_STATUS: dict[str, type[ConnectionEvent]] = {
+    "pending": ConnectionRequested,
+    "accepted": ConnectionAccepted,
+    "rejected": ConnectionRejected,
+    "removed": ConnectionRemoved,
+}
+
+
+def event_of(change: ConnectionData) -> ConnectionEvent:
+    return EVENT_OF_STATUS[change.status](data=ConnectionPayload(connection=change))
+
+
 async def apply(db: Database, *changes: ConnectionData) -> None:
     for change in changes:
-        await db.write(on_connection_changed(change))
+        await db.write(on_connection_changed(event_of(change)))
 
 
 async def new_invite(db: Database, *, current: bool = True) -> int:
@@ -162,9 +183,9 @@ async def test_a_removal_applied_with_the_pairs_next_connection_still_cancels_it
     await db.write(
         on_connections_changed(
             [
-                at(removed_at, 7, "removed"),
-                at(removed_at, 8, "pending"),
-                at(dt.datetime.now(dt.UTC), 8, "accepted"),
+                event_of(at(removed_at, 7, "removed")),
+                event_of(at(removed_at, 8, "pending")),
+                event_of(at(dt.datetime.now(dt.UTC), 8, "accepted")),
             ]
         )
     )
