@@ -236,7 +236,12 @@ async def live_ctx(app: web.Application) -> AsyncIterator[None]:
     redis = app[redis_key]
     hub = Hub(redis)
     app[live.hub_key] = hub
-    app[notifier_key] = Notifier(redis, instance=f"gateway-{settings.instance_id}-{os.getpid()}")
+    positions = app[positions_key]
+    app[notifier_key] = Notifier(
+        redis,
+        instance=f"gateway-{settings.instance_id}-{os.getpid()}",
+        unpublished=lambda: positions.unpublished,
+    )
     # GET /api/notifications right after a change lists its notification (the notifier's
     # own read barrier; its consumer wakes it).
     barrier = ReadBarrier(redis, group=NOTIFIER_GROUP, streams=NOTIFIER_STREAMS)

@@ -11,6 +11,7 @@ from multidict import CIMultiDict
 from services.common.outbox import (
     OUTBOX_ROW_HEADER,
     READ_AFTER_HEADER,
+    UNPUBLISHED_HEADER,
     format_positions,
     parse_positions,
 )
@@ -51,7 +52,12 @@ SPOOFABLE = frozenset(
         READ_AFTER_HEADER.lower(),
     }
 )
-RESPONSE_DROP = HOP_BY_HOP | {"server", "date", OUTBOX_ROW_HEADER.lower()}
+RESPONSE_DROP = HOP_BY_HOP | {
+    "server",
+    "date",
+    OUTBOX_ROW_HEADER.lower(),
+    UNPUBLISHED_HEADER.lower(),
+}
 
 
 class Positions:
@@ -67,8 +73,11 @@ class Positions:
     def __init__(self) -> None:
         self.rows: dict[str, int] = {}
         self.header = ""
+        # The newest rows answered before they were on their stream (`X-Outbox-Unpublished`:
+        # Redis was down): the notifier reads up to them before it appends anything.
+        self.unpublished: dict[str, int] = {}
 
-    def update(self, value: str) -> None:
+    def update(self, value: str, unpublished: str | None = None) -> None:
         changed = False
         for stream, row in parse_positions(value).items():
             if row > self.rows.get(stream, 0):
@@ -76,6 +85,10 @@ class Positions:
                 changed = True
         if changed:
             self.header = format_positions(self.rows)
+        if unpublished:
+            for stream, row in parse_positions(unpublished).items():
+                if row > self.unpublished.get(stream, 0):
+                    self.unpublished[stream] = row
 
 
 session_key = web.AppKey("upstream_session", aiohttp.ClientSession)
@@ -123,7 +136,7 @@ async def forward(request: web.Request, base_url: str, name: str) -> web.Respons
             allow_redirects=False,
         ) as upstream:
             if (rows := upstream.headers.get(OUTBOX_ROW_HEADER)) and positions_key in request.app:
-                request.app[positions_key].update(rows)
+                request.app[positions_key].update(rows, upstream.headers.get(UNPUBLISHED_HEADER))
             payload = await upstream.read()
             return web.Response(
                 status=upstream.status,

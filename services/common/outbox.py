@@ -73,6 +73,7 @@ _committed_rows: ContextVar[list[dict[str, tuple[int, int]]] | None] = ContextVa
 AFTER_PUBLISHED = web.RequestKey("after_published", object)
 OUTBOX_ROW_HEADER = "X-Outbox-Row"  # service -> gateway: `<stream>=<row id>[,...]`
 READ_AFTER_HEADER = "X-Read-After"  # gateway -> service: the same, for every stream
+UNPUBLISHED_HEADER = "X-Outbox-Unpublished"  # service -> gateway: rows not out at the reply
 
 
 def position_key(stream: str) -> str:
@@ -104,17 +105,26 @@ MAX_BACKOFF_SECONDS = 0.5
 # XADD at the row's commit time (`<ms>-*`) instead of at Redis's now: a backlog published
 # after an outage or a relay restart then sorts among the other services' entries by when
 # it committed, and the notifier, which merges streams by id, keeps the order in which the
-# changes happened. When the stream already holds a later entry (a clock step, or Redis
-# older than 7.0 without the `<ms>-*` form) it falls back to now. The row's position goes
-# into the entry and into `<stream>:position` (what the read barriers compare the
-# gateway's X-Read-After with).
+# changes happened. When the stream already holds a later entry (on PostgreSQL rows go out
+# by transaction, and a later transaction may have committed a millisecond earlier; or a
+# clock step) it goes right after that entry, in the same millisecond, which is as early
+# as the stream allows; with Redis older than 7.0 (no `<ms>-*` form) at Redis's now. The
+# row's position goes into the entry and into `<stream>:position` (what the read barriers
+# compare the gateway's X-Read-After with).
 XADD_AT = """
 local at = ARGV[2] .. '-*'
 local id = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], at,
   '__data__', ARGV[3], 'row', ARGV[4])
 if type(id) == 'table' and id['err'] then
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  at = '*'
+  if #top > 0 then at = string.match(top[1][1], '^(%d+)') .. '-*' end
+  id = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], at,
     '__data__', ARGV[3], 'row', ARGV[4])
+  if type(id) == 'table' and id['err'] then
+    id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+      '__data__', ARGV[3], 'row', ARGV[4])
+  end
 end
 redis.call('SET', KEYS[2], ARGV[4])
 return id
@@ -309,11 +319,15 @@ class Outbox:
         slow relay). See consumer.ReadBarrier."""
         if not last:
             return
-        if self.last_error is None:
-            await self.wait_published(max(last.values()), within=PUBLISH_WAIT_SECONDS)
-        response.headers[OUTBOX_ROW_HEADER] = format_positions(
-            {stream: position for stream, (position, _) in last.items()}
+        published = self.last_error is None and await self.wait_published(
+            max(last.values()), within=PUBLISH_WAIT_SECONDS
         )
+        positions = format_positions({stream: position for stream, (position, _) in last.items()})
+        response.headers[OUTBOX_ROW_HEADER] = positions
+        if not published:
+            # Answered before its events are on their streams: the gateway's notifier then
+            # reads them before any notification it would put after them (per-user order).
+            response.headers[UNPUBLISHED_HEADER] = positions
 
     @web.middleware
     async def middleware(
