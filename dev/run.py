@@ -59,6 +59,7 @@ def redis_command(data_dir: Path, port: int) -> str:
         "--bind", "127.0.0.1",
         "--dir", str(directory),
         "--appendonly", "yes",  # a restart without persistence would drop consumer groups
+        "--appendfsync", "always",  # and a kill -9 loses no acknowledged write
         "--save", "",
         "--protected-mode", "yes",
     ]  # fmt: skip

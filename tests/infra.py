@@ -136,6 +136,10 @@ class RedisServer:
                 str(self.directory),
                 "--appendonly",
                 "yes",
+                # Every acknowledged write is on disk before the reply: a kill -9 loses
+                # nothing (with `everysec` a write postponed behind a slow fsync was lost).
+                "--appendfsync",
+                "always",
                 "--save",
                 "",
             ],

@@ -64,6 +64,11 @@ async def run_fault(target: FaultStack, fault: str, size: Size, seed: int) -> Re
             counts = check(record, logs, sockets, await invite_states(http))
             if trace_dir := os.environ.get("FAULTS_TRACE"):
                 dump(Path(trace_dir) / f"{target.backend}-{fault}.txt", record, logs)
+                for name in target.stack.procs:  # the processes' own logs (WARNING and up)
+                    source = target.stack.log_path(name)
+                    if source.exists():
+                        copy = Path(trace_dir) / f"{target.backend}-{fault}-{name}.log"
+                        copy.write_bytes(source.read_bytes())
         finally:
             await asyncio.gather(*(s.stop() for s in sockets.values()))
     notes = [f"{name} was down after the fault was undone" for name in exits]

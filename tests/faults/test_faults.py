@@ -16,23 +16,9 @@ SIZE = Size.named("short")
 SHORT_FAULTS = [f for f in FAULTS if f != "none"]
 # What may still be non-zero, each with the faults it shows under (None: any); any other
 # count must be 0. Non-zero counts of these make the test xfail while XFAIL_KNOWN_OPEN.
+# Nothing is open now: every count must be 0 on every fault (issue #7).
 XFAIL_KNOWN_OPEN = True
-KNOWN_OPEN: dict[str, set[str] | None] = {
-    # A removal's invite_cancelled after the client's next changes: the removal answers
-    # once activities has applied it, but waits at most 3 s, and activities (or Redis)
-    # may be down for longer.
-    "order_cascade": {"kill-activities", "kill-redis", "stop-redis"},
-    # After a Redis kill, rarely (1 in some runs): a change's notification after a later
-    # one's. Relays append at commit time and the notifier settles 1 s before merging,
-    # but a relay whose backlog lands later than that still slips.
-    "order": {"kill-redis"},
-    # A Redis killed with -9 loses its last acknowledged writes (AOF everysec): a
-    # notification already sent on a socket is appended again.
-    "ws_dup": {"kill-redis"},
-    "unexpected": {"kill-redis"},
-    "lost": {"kill-redis"},
-    "duplicated": {"kill-redis"},
-}
+KNOWN_OPEN: dict[str, set[str] | None] = {}
 # Changes applied but answered 503 or nothing, whose retry got 409: every POST and DELETE
 # carries an Idempotency-Key, so a retry replays and none may be left.
 AMBIGUOUS_IS_FAILURE = True
