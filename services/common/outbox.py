@@ -97,6 +97,7 @@ def parse_positions(value: str) -> dict[str, int]:
 
 BATCH = 200
 POLL_SECONDS = 1.0
+BLOCKED_POLL_SECONDS = 0.003  # rows committed but held back by an older transaction
 # While Redis is down the relay retries this often at most: after an outage every
 # service's backlog must be on its stream within the notifier's settling pause
 # (consumer.Consumer's `settle_after_outage`), so the notifier merges them in order.
@@ -199,6 +200,7 @@ class Outbox:
         self.last_error: str | None = None
         self._errors = ErrorOnce(log, f"{name} outbox relay")
         self.published = 0
+        self.blocked = False  # committed rows wait for an older transaction (PostgreSQL)
         # (position, id) of the last row on the stream: rows go out in that order.
         self.published_upto: tuple[int, int] = (0, 0)
         self._progress = asyncio.Event()
@@ -210,9 +212,19 @@ class Outbox:
             finished = model.txid < literal_column(
                 "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
             )
+            # Committed rows of a transaction newer than one still running wait (`ready`
+            # false): they are the rows after which nothing older may come. The relay then
+            # looks again in a few milliseconds, as the transaction holding them back may
+            # belong to another process (a replica, another service on the cluster) whose
+            # commit does not wake this relay.
             self._unsent = (
-                select(*columns, model.created_at, func.coalesce(model.txid, 0).label("position"))
-                .where(model.published_at.is_(None), or_(model.txid.is_(None), finished))
+                select(
+                    *columns,
+                    model.created_at,
+                    func.coalesce(model.txid, 0).label("position"),
+                    or_(model.txid.is_(None), finished).label("ready"),
+                )
+                .where(model.published_at.is_(None))
                 .order_by(model.txid.nulls_first(), model.id)
                 .limit(BATCH)
             )
@@ -223,7 +235,12 @@ class Outbox:
             )
         else:
             self._unsent = (
-                select(*columns, model.created_at, model.id.label("position"))
+                select(
+                    *columns,
+                    model.created_at,
+                    model.id.label("position"),
+                    literal_column("1").label("ready"),
+                )
                 .where(model.published_at.is_(None))
                 .order_by(model.id)
                 .limit(BATCH)
@@ -360,7 +377,13 @@ class Outbox:
     async def publish_pending(self) -> int:
         """Publish one batch of unsent rows in order; returns how many were sent."""
         m = self.model
-        rows = await self.db.fetch(self._unsent)
+        fetched = await self.db.fetch(self._unsent)
+        rows = []
+        for row in fetched:  # the ready ones come first: txid order
+            if not row["ready"]:
+                break
+            rows.append(row)
+        self.blocked = len(rows) < len(fetched)
         if not rows:
             return 0
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -440,6 +463,9 @@ class Outbox:
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                 continue
             if sent == BATCH:
+                continue
+            if self.blocked:
+                await asyncio.sleep(BLOCKED_POLL_SECONDS)
                 continue
             # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that arrives
             # just as the wake-up fires, and the relay would outlive its app's shutdown.
