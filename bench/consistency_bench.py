@@ -7,8 +7,9 @@ the client then removes the connection, requests again, is accepted and invited 
 the end every invite made after its connection's accept must still be pending (a late
 removal of an older connection must not cancel it).
 
-Prints: invites refused after an accept, wrong cancellations, 5xx answers, and the
-latency of the invites (the read barrier's wait is most of it).
+Prints: invites refused after an accept, wrong cancellations, 5xx answers, the latency
+of the invites, and the part of it the read barrier took (the services' `Server-Timing:
+copy;dur=` header).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def pct(values: list[float], q: float) -> float:
 async def run(base: str) -> None:
     statuses: Counter[str] = Counter()
     invite_ms: list[float] = []
+    copy_ms: list[float] = []
     refused = 0
     made: dict[int, int] = {}  # invite id -> client id, for invites that must stay pending
     timeout = aiohttp.ClientTimeout(total=60)
@@ -80,6 +82,8 @@ async def run(base: str) -> None:
                 token=pro.token,
             )
             invite_ms.append((time.perf_counter() - t0) * 1000)
+            if timing := inv.headers.get("Server-Timing", ""):  # the read barrier's own part
+                copy_ms.append(float(timing.partition("dur=")[2] or 0))
             statuses[f"invite {inv.status}"] += 1
             refused += inv.status == 403
             return req.body["id"], inv.body["id"] if inv.status == 201 else None
@@ -112,6 +116,11 @@ async def run(base: str) -> None:
     print(
         f"  invites: {len(invite_ms)}, p50 {pct(invite_ms, 0.5):.1f} ms, "
         f"p99 {pct(invite_ms, 0.99):.1f} ms, max {max(invite_ms, default=0):.1f} ms"
+    )
+    print(
+        f"  of which waiting for the copy of connections (Server-Timing): "
+        f"p50 {pct(copy_ms, 0.5):.1f} ms, p99 {pct(copy_ms, 0.99):.1f} ms, "
+        f"max {max(copy_ms, default=0):.1f} ms"
     )
     print(f"  refused after accept (403): {refused}")
     print(f"  invites wrongly cancelled later: {wrong} of {len(made)}")

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -147,14 +148,25 @@ async def publish_before_reply(request: web.Request, handler: Any) -> web.Stream
 _read_after: ContextVar[dict[str, int] | None] = ContextVar("read_after", default=None)
 
 
+# How long this request spent making sure its local copies were current (the read
+# barrier), reported as `Server-Timing: copy;dur=<ms>` so a client or a benchmark sees it.
+_copy_waits: ContextVar[list[float] | None] = ContextVar("copy_waits", default=None)
+
+
 @web.middleware
 async def read_after(request: web.Request, handler: Any) -> web.StreamResponse:
     value = request.headers.get(READ_AFTER_HEADER)
     token = _read_after.set(parse_positions(value) if value else None)
+    waits: list[float] = []
+    waits_token = _copy_waits.set(waits)
     try:
-        return await handler(request)
+        response = await handler(request)
     finally:
         _read_after.reset(token)
+        _copy_waits.reset(waits_token)
+    if waits and not response.prepared:
+        response.headers["Server-Timing"] = f"copy;dur={sum(waits) * 1000:.1f}"
+    return response
 
 
 def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Application:
@@ -236,7 +248,12 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Appl
             # Read-your-writes on the local copies (see consumer.ReadBarrier).
             if barrier is None:
                 return True
-            return await barrier.wait(about=about, after=_read_after.get())
+            started = time.perf_counter()
+            try:
+                return await barrier.wait(about=about, after=_read_after.get())
+            finally:
+                if (waits := _copy_waits.get()) is not None:
+                    waits.append(time.perf_counter() - started)
 
         app[catch_up_key] = catch_up
         if spec.context is not None:
