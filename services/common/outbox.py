@@ -8,8 +8,8 @@ The order is the order of commits where it matters, without making writers wait 
 each other:
 - SQLite has a single writer, so row ids follow commit order: rows go out by id.
 - PostgreSQL: each row records its transaction's id (`txid`), and the relay publishes
-  only rows of transactions older than every transaction still running (the snapshot's
-  xmin), by (txid, id). That set never grows behind the relay's back, so a stream never
+  only rows of transactions older than every transaction still running in the service's
+  database, by (txid, id). That set never grows behind the relay's back, so a stream never
   gets an older row after a newer one; and a change that depends on another (it read it
   after its commit) has a later txid, so causes go out before their consequences. (It
   used to be a global advisory lock held from the outbox insert to the commit: every
@@ -96,6 +96,14 @@ def parse_positions(value: str) -> dict[str, int]:
 
 
 BATCH = 200
+# The transactions of this database that have written something and not ended yet
+# (PostgreSQL; prepared ones too), as 32-bit ids (see Outbox._running_horizon).
+RUNNING_HERE = """ARRAY(
+  SELECT backend_xid::text::bigint FROM pg_stat_activity
+  WHERE datname = current_database() AND backend_xid IS NOT NULL
+  UNION ALL
+  SELECT transaction::text::bigint FROM pg_prepared_xacts WHERE database = current_database()
+)"""
 POLL_SECONDS = 1.0
 BLOCKED_POLL_SECONDS = 0.003  # rows committed but held back by an older transaction
 # While Redis is down the relay retries this often at most: after an outage every
@@ -209,8 +217,12 @@ class Outbox:
         self.postgres = db.dialect == "postgresql"
         columns = (model.id, model.event_id, model.stream, model.type, model.payload)
         if self.postgres:
-            finished = model.txid < literal_column(
-                "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+            finished = model.txid < bindparam("horizon")
+            self._horizon = select(
+                literal_column("pg_snapshot_xmax(pg_current_snapshot())::text::bigint").label(
+                    "next"
+                ),
+                literal_column(RUNNING_HERE).label("running"),
             )
             # Committed rows of a transaction newer than one still running wait (`ready`
             # false): they are the rows after which nothing older may come. The relay then
@@ -377,7 +389,8 @@ class Outbox:
     async def publish_pending(self) -> int:
         """Publish one batch of unsent rows in order; returns how many were sent."""
         m = self.model
-        fetched = await self.db.fetch(self._unsent)
+        params = {"horizon": await self._running_horizon()} if self.postgres else {}
+        fetched = await self.db.fetch(self._unsent, **params)
         rows = []
         for row in fetched:  # the ready ones come first: txid order
             if not row["ready"]:
@@ -416,6 +429,22 @@ class Outbox:
         # batch goes out again; consumers drop the copies by event_id.
         await self.db.write(lambda session: session.execute(update(m), marks))
         return len(rows)
+
+    async def _running_horizon(self) -> int:
+        """The oldest transaction of THIS database still running (or the next to start):
+        rows of older transactions can no longer be joined by an older row. (Not the
+        snapshot's xmin, which is the cluster's: a long write in another service's
+        database held every relay back.) Read before the rows are, in its own statement,
+        so a transaction that starts in between has a newer id anyway."""
+        rows = await self.db.fetch(self._horizon)
+        following = rows[0]["next"]
+        horizon = following
+        for xid in rows[0]["running"] or []:
+            # pg_stat_activity gives 32-bit ids; running ones are within 2^31 below `next`.
+            behind = (following - xid) % 2**32
+            if 0 < behind < 2**31:
+                horizon = min(horizon, following - behind)
+        return horizon
 
     async def purge_published(self) -> None:
         m = self.model

@@ -465,3 +465,35 @@ async def test_a_backlog_is_appended_at_its_commit_time(
 def _id(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq)
+
+
+async def test_a_long_write_in_another_database_holds_no_relay_back(
+    database: Database, redis_client: aioredis.Redis, pg_url: str | None
+) -> None:
+    """Only this database's running transactions can still add older rows to its outbox:
+    one that writes for minutes in another database of the same PostgreSQL cluster (a
+    migration, another service) must not hold this relay's rows back."""
+    if database.dialect != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite has no other databases' transactions")
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    from ..stack import _admin, create_database_sql
+
+    assert pg_url
+    other = f"hc_t_{uuid.uuid4().hex[:12]}"
+    await _admin(pg_url, [create_database_sql(other)])
+    dsn = make_url(pg_url).set(drivername="postgresql", database=other)
+    conn = await asyncpg.connect(dsn.render_as_string(hide_password=False))
+    try:
+        writing = conn.transaction()
+        await writing.start()
+        await conn.fetchval("SELECT pg_current_xact_id()")  # it has a transaction id now
+        outbox = make_outbox(database, redis_client)
+        async with relaying(outbox):
+            await commit(database, user_event(1))
+            await eventually(lambda: published_count(redis_client, 1), within=2)
+        await writing.rollback()
+    finally:
+        await conn.close()
+        await _admin(pg_url, [f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)'])
