@@ -225,6 +225,24 @@ async def log_types(redis: aioredis.Redis, user: int) -> list[tuple[str, int]]:
     return out
 
 
+async def cascade_then_the_held_one(
+    redis: aioredis.Redis, removal: Event, *, first_row: int
+) -> None:
+    """Activities publishes the removal's cancellation and its completion: the client's log
+    then has the cancellation first, then the invitation that waited behind it."""
+    await relay(redis, ACTIVITIES_STREAM, cancelled(9, removal), first_row)
+    await relay(redis, ACTIVITIES_STREAM, applied(removal, 9), first_row + 1)
+
+    async def both() -> list[tuple[str, int]] | None:
+        found = await log_types(redis, CLIENT)
+        return found if len(found) == 2 else None
+
+    assert await eventually(both) == [
+        ("activity.invite_cancelled", 9),
+        ("connection.invited", 8),
+    ]
+
+
 async def test_the_notifier_puts_a_late_cascade_in_its_place(
     redis_client: aioredis.Redis,
 ) -> None:
@@ -242,17 +260,7 @@ async def test_the_notifier_puts_a_late_cascade_in_its_place(
         assert await log_types(redis_client, CLIENT) == []  # held behind the cascade
         await asyncio.sleep(0.5)  # past claim_idle_ms: a reclaim must not hand it over
         assert await log_types(redis_client, CLIENT) == []
-        await relay(redis_client, ACTIVITIES_STREAM, cancelled(9, removal), 2)
-        await relay(redis_client, ACTIVITIES_STREAM, applied(removal, 9), 3)
-
-        async def both() -> list[tuple[str, int]] | None:
-            found = await log_types(redis_client, CLIENT)
-            return found if len(found) == 2 else None
-
-        assert await eventually(both) == [
-            ("activity.invite_cancelled", 9),
-            ("connection.invited", 8),
-        ]
+        await cascade_then_the_held_one(redis_client, removal, first_row=2)
 
         async def settled() -> bool:
             groups = {
@@ -289,17 +297,7 @@ async def test_a_restarted_notifier_rebuilds_what_it_held(
     try:
         await eventually(lambda: asyncio.sleep(0, second.order.waiting() == 1))
         assert await log_types(redis_client, CLIENT) == []
-        await relay(redis_client, ACTIVITIES_STREAM, cancelled(9, removal), 1)
-        await relay(redis_client, ACTIVITIES_STREAM, applied(removal, 9), 2)
-
-        async def both() -> list[tuple[str, int]] | None:
-            found = await log_types(redis_client, CLIENT)
-            return found if len(found) == 2 else None
-
-        assert await eventually(both) == [
-            ("activity.invite_cancelled", 9),
-            ("connection.invited", 8),
-        ]
+        await cascade_then_the_held_one(redis_client, removal, first_row=1)
         assert await log_types(redis_client, PRO) == [("connection.removed", 7)]  # once
     finally:
         task.cancel()
