@@ -194,6 +194,7 @@ def test_production_settings_and_persistence(compose: dict) -> None:
     assert signers == {"auth"}
     command = services["redis"]["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "always"  # no acknowledged loss
     assert {v["source"] for v in services["redis"]["volumes"]} == {"redisdata"}
     assert {v["source"] for v in services["postgres"]["volumes"] if v["type"] == "volume"} == {
         "pgdata"
