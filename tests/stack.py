@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from .infra import free_port
+from .mailbox import Inbox
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("auth", "connections", "activities")
@@ -85,6 +86,7 @@ class Stack:
         self.postgres_url = postgres_url
         self.ports = {name: free_port() for name in MODULES}
         self.smtp_port = free_port()
+        self.inbox = Inbox(self.mail_dir)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.databases: dict[str, str] = {}
         tag = uuid.uuid4().hex[:8]

@@ -50,7 +50,7 @@ def test_make_run_end_to_end(tmp_path: Path) -> None:
                 {
                     "name": "Make Run",
                     "email": "make-run@example.com",
-                    "password": "password1",
+                    "password": "long enough pass 1",
                     "role": "professional",
                 }
             ).encode(),
