@@ -184,6 +184,9 @@ def domain_of(address: str) -> str:
 def _describe(exc: BaseException) -> str:
     """A failure as stored and logged: its kind and SMTP code, never the message text
     (a refusal quotes the recipient's address)."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = ",".join(str(r.code) for r in exc.recipients)
+        return f"{type(exc).__name__} {codes}"
     code = getattr(exc, "code", None)
     return f"{type(exc).__name__}{f' {code}' if code else ''}"
 
