@@ -61,6 +61,7 @@ def create_app(settings: AuthSettings | None = None) -> web.Application:
                 limits={"email": per_email, "ip": per_ip},
                 window=settings.throttle_window_seconds,
                 error=TooManyRequests,
+                fail_open=True,
             )
 
         ctx = AuthContext(

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import redis.exceptions
 import sqlalchemy.exc
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -32,6 +33,7 @@ from services.common.events import (
 )
 from services.common.mail import Mail, link, render, stage_mail
 from services.common.outbox import stage
+from services.common.tasks import ErrorOnce
 from services.common.tokens import Identity, RevocationList, TokenIssuer, new_opaque_token
 
 from .tables import ClientLink, EmailToken, RefreshToken, User
@@ -133,7 +135,8 @@ class Throttle:
     `hit` counts a request unless a limit is reached (then RateLimited, nothing counted);
     `check` and `record` do the two halves apart, for counts of failures (the login
     throttle counts a login only when it failed). Addresses are hashed: no address in a
-    Redis key.
+    Redis key. `fail_open`: while Redis cannot be reached, `hit` lets requests through
+    (sign-ups and mail go on during an outage) instead of answering 503.
     """
 
     def __init__(
@@ -144,7 +147,10 @@ class Throttle:
         limits: Mapping[str, int],
         window: int,
         error: type[RateLimited] | None = None,
+        fail_open: bool = False,
     ) -> None:
+        self._fail_open = fail_open
+        self._errors = ErrorOnce(log, f"{prefix} throttle")
         self._redis = redis
         self._prefix = prefix
         self._limits = dict(limits)
@@ -163,10 +169,17 @@ class Throttle:
     async def hit(self, **values: str) -> None:
         keys = self._keys(values)
         member = f"{time.time():.6f}:{uuid.uuid4().hex[:8]}"
-        retry = await self._hit(
-            keys=list(keys.values()),
-            args=[time.time(), self._window, member, *(self._limits[k] for k in keys)],
-        )
+        try:
+            retry = await self._hit(
+                keys=list(keys.values()),
+                args=[time.time(), self._window, member, *(self._limits[k] for k in keys)],
+            )
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            if not self._fail_open:
+                raise
+            self._errors.note(exc, expected=True)
+            return
+        self._errors.clear()
         if retry:
             raise self._error(int(retry))
 
