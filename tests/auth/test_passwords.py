@@ -253,3 +253,17 @@ def test_the_list_holds_at_least_the_3000_most_common() -> None:
     # zxcvbn's list of 30,000, of which the top 10,000 are refused; of those, the ones the
     # length rule would not refuse already.
     assert len(common_passwords()) >= 3000
+
+
+async def test_the_longest_values_fit_on_every_database(api: Api, inbox: Inbox) -> None:
+    """A 100-character non-ASCII name and a 128-character non-ASCII password, through
+    sign-up, reset and change (varchar limits hold on PostgreSQL)."""
+    password = "é" * 128
+    account = await api.signup("client", name="Ö" * 100, password=password)
+    token = await reset_token(api, inbox, account)
+    assert (await confirm(api, token, "ü" * 128)).status == 204
+    fresh = await api.login(account.user["email"], "ü" * 128)
+    assert fresh.status == 200
+    session = Account(fresh.body["user"], fresh.body["token"], fresh.body["refresh_token"], "")
+    assert (await change(api, session, "ü" * 128, "ß" * 128)).status == 204
+    assert_problem(await confirm(api, "t" * 200), 400, "invalid_token")

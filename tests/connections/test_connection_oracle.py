@@ -15,6 +15,7 @@ import asyncio
 import json
 import time
 import urllib.parse
+import uuid
 
 import aiohttp
 
@@ -232,3 +233,27 @@ async def test_no_invitation_mail_for_an_address_with_an_account(api: Api, inbox
     assert (await invite_client(api, pro, client.user["email"])).status == 201
     await asyncio.sleep(0.5)
     assert len(inbox.messages(client.user["email"])) == before
+
+
+def longest_address(tag: str) -> str:
+    """A valid address of 254 characters, the longest accepted."""
+    local = (tag + "a" * 64)[:64]
+    domain = "b" * 63 + "." + "c" * 63 + "." + "d" * 57 + ".com"
+    address = f"{local}@{domain}"
+    assert len(address) == 254
+    return address
+
+
+async def test_the_longest_name_and_address_fit_the_mail(api: Api, inbox: Inbox) -> None:
+    """varchar limits of the mail outbox on PostgreSQL: a 100-character non-ASCII name in
+    the subject, a 254-character address."""
+    name = "É" * 100
+    pro = await api.signup("professional", name=name)
+    email = longest_address(uuid.uuid4().hex)
+    reply = await invite_client(api, pro, email)
+    assert reply.status == 201, reply.text
+    message = await inbox.latest(email)
+    assert name in message["Subject"]
+    client = await api.signup("client", email=email, name=name)
+    (mine,) = await listing(api, client)
+    assert mine["client"] == party(client)
