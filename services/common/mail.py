@@ -44,8 +44,11 @@ log = logging.getLogger(__name__)
 
 STAGED = "mail.staged"
 INSERTED = "mail.inserted"
-BATCH = 50
-LEASE = dt.timedelta(minutes=2)  # longer than a batch can take (SMTP timeout below)
+BATCH = 20
+# How long a claim holds: past it, another sender may take the rows (a sender that died).
+# Longer than a batch takes on a server that answers; a server that stalls a whole batch
+# past it can get a message twice (same Message-ID).
+LEASE = dt.timedelta(seconds=60)
 SMTP_TIMEOUT_SECONDS = 20.0
 POLL_SECONDS = 5.0  # a slow poll besides the wake-ups (rows queued by another replica)
 FIRST_RETRY_SECONDS = 1.0
