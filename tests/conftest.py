@@ -52,6 +52,12 @@ def stack(backend: str, redis_base_url: str, pg_url: str | None) -> Iterator[Sta
             system.stop()
 
 
+@pytest.fixture
+def inbox(stack: Stack):
+    """The mail the stack's SMTP sink received (tests/mailbox.py)."""
+    return stack.inbox
+
+
 @pytest_asyncio.fixture(scope="session")
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:

@@ -1,4 +1,5 @@
-"""The whole system as real processes: three services and the gateway on free ports."""
+"""The whole system as real processes: three services, the gateway and a mail sink (the
+real SMTP server of dev/mailsink.py, aiosmtpd) on free ports."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import concurrent.futures
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from .infra import free_port
+from .mailbox import Inbox
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("auth", "connections", "activities")
@@ -82,6 +85,8 @@ class Stack:
         self.redis_url = redis_url
         self.postgres_url = postgres_url
         self.ports = {name: free_port() for name in MODULES}
+        self.smtp_port = free_port()
+        self.inbox = Inbox(self.mail_dir)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.databases: dict[str, str] = {}
         tag = uuid.uuid4().hex[:8]
@@ -109,6 +114,17 @@ class Stack:
             # Several stacks share one PostgreSQL (CI's allows 100 connections): fewer
             # pooled connections per service than in production.
             "DB_POOL_SIZE": "4",
+            # Mail goes to this stack's own sink; retried at least every second while it
+            # is down (tests stop it).
+            "SMTP_URL": f"smtp://127.0.0.1:{self.smtp_port}",
+            "MAIL_RETRY_MAX_SECONDS": "1",
+            "PUBLIC_URL": "http://hc.test.example",
+            # The suites sign up thousands of accounts from 127.0.0.1 (tests of these
+            # throttles use their own addresses, or a stack of their own).
+            "AUTH_SIGNUP_MAX_PER_IP": "1000000",
+            "AUTH_SIGNUP_MAX_PER_EMAIL": "1000",
+            "AUTH_VERIFY_RESEND_MAX_PER_IP": "1000000",
+            "AUTH_PASSWORD_RESET_MAX_PER_IP": "1000000",
             **(extra_env or {}),
         }
         for name, port in self.ports.items():
@@ -128,6 +144,30 @@ class Stack:
     def log_path(self, name: str) -> Path:
         return self.root / f"{name}.log"
 
+    @property
+    def mail_dir(self) -> Path:
+        return self.root / "mail"
+
+    def start_mailsink(self) -> None:
+        """The SMTP server the services send to (stop it with `stop_process("mailsink")`)."""
+        log = self.log_path("mailsink").open("ab")
+        command = [sys.executable, "-m", "dev.mailsink", "--port", str(self.smtp_port)]
+        self.procs["mailsink"] = subprocess.Popen(
+            [*command, "--dir", str(self.mail_dir)],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.smtp_port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError(f"mail sink did not listen:\n{self.logs('mailsink')}")
+
     def create_databases(self) -> None:
         if self.backend == "postgres":
             names = [make_url(u).database for u in self.databases.values()]
@@ -144,6 +184,9 @@ class Stack:
             )
 
     def start_process(self, name: str) -> None:
+        if name == "mailsink":
+            self.start_mailsink()
+            return
         log = self.log_path(name).open("ab")
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", MODULES[name]],
@@ -189,6 +232,7 @@ class Stack:
 
     def start(self) -> None:
         self.create_databases()
+        self.start_mailsink()
         for name in MODULES:
             self.start_process(name)
         self.wait_healthy()

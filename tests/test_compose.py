@@ -101,8 +101,8 @@ def test_an_invalid_file_is_refused(tmp_path: Path) -> None:
 
 def test_the_services_of_the_stack(compose: dict) -> None:
     assert compose["name"] == "healthconnect"
-    assert set(compose["services"]) == {*APPS, "postgres", "redis", "keygen"}
-    assert set(compose["volumes"]) == {"pgdata", "redisdata", "keys"}
+    assert set(compose["services"]) == {*APPS, "postgres", "redis", "keygen", "mailcatcher"}
+    assert set(compose["volumes"]) == {"pgdata", "redisdata", "keys", "maildata"}
 
 
 def test_each_service_names_its_own_database(compose: dict, tmp_path: Path) -> None:
@@ -141,9 +141,29 @@ def test_the_database_password_comes_from_the_environment(tmp_path: Path) -> Non
 
 def test_only_the_gateway_publishes_a_port(compose: dict) -> None:
     published = {n for n, s in compose["services"].items() if s.get("ports")}
-    assert published == {"gateway"}
+    assert published == {"gateway", "mailcatcher"}
     [port] = compose["services"]["gateway"]["ports"]
     assert (port["target"], port["published"], port["protocol"]) == (8080, "8080", "tcp")
+    # The mail-catcher's mailbox view is for the developer at the machine: loopback only.
+    [mail] = compose["services"]["mailcatcher"]["ports"]
+    assert (mail["host_ip"], mail["target"], mail["published"]) == ("127.0.0.1", 8025, "8025")
+
+
+def test_mail_goes_to_the_mail_catcher_unless_told_otherwise(compose: dict, tmp_path) -> None:
+    catcher = compose["services"]["mailcatcher"]
+    assert catcher["image"] == "healthconnect:latest"  # no other image registry is reachable
+    assert catcher["command"][:3] == ["python", "-m", "dev.mailsink"]
+    port = catcher["command"][catcher["command"].index("--port") + 1]
+    for name in SERVICES:
+        env = compose["services"][name]["environment"]
+        assert env["SMTP_URL"] == f"smtp://mailcatcher:{port}"
+        assert env["PUBLIC_URL"] and env["MAIL_FROM"]
+    result = run_config(tmp_path, SMTP_URL="smtps://relay.example:465")
+    assert result.returncode == 0, result.stderr
+    relayed = json.loads(result.stdout)["services"]
+    assert {relayed[n]["environment"]["SMTP_URL"] for n in SERVICES} == {
+        "smtps://relay.example:465"
+    }
 
 
 def test_health_checks_reach_each_process_on_its_own_port(compose: dict) -> None:

@@ -21,13 +21,16 @@ COMPONENTS = {
 }
 INTERNAL = {"/health", "/health/live", "/openapi.json"}  # each service's own, never proxied
 PAGE, PAGE_ASSETS = {"/"}, "/static/"  # the gateway's demo page, not part of the API
+DEV_MAILBOX = "/dev/"  # the development-only mailbox view, not part of the API
 
 
 def _registered(app: web.Application) -> set[tuple[str, str]]:
     found = set()
     for resource in app.router.resources():
         path = resource.canonical
-        if path in INTERNAL or path in PAGE or path.startswith(PAGE_ASSETS) or "{tail" in path:
+        if path in INTERNAL or path in PAGE or path.startswith((PAGE_ASSETS, DEV_MAILBOX)):
+            continue
+        if "{tail" in path:
             continue
         for route in resource:
             if route.method in ("HEAD", "*"):

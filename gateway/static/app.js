@@ -47,6 +47,11 @@
     $("error-text").textContent = "";
   }
 
+  function showNotice(text) {
+    $("notice-text").textContent = text;
+    $("notice").hidden = false;
+  }
+
   // ---------------------------------------------------------------- REST
 
   class ApiError extends Error {
@@ -111,6 +116,7 @@
   // Run an action from a button or form, show its error, then reload what it changed.
   async function act(control, promiseFn, ...reloads) {
     clearError();
+    $("notice").hidden = true;
     if (control) control.disabled = true;
     try {
       await promiseFn();
@@ -195,7 +201,8 @@
       return el(
         "li",
         { id: `connection-${c.id}`, "data-testid": "connection", "data-id": c.id, "data-status": c.status },
-        el("span", { class: "name", text: other.name || "(not signed up yet)" }),
+        // Until a client accepts an invitation, the professional sees only the address typed.
+        el("span", { class: "name", text: other.name || "(invited: not accepted yet)" }),
         el("span", { class: "muted", text: other.email }),
         el("span", { class: `badge ${c.status}`, "data-testid": "connection-status", text: c.status }),
         el("span", { class: "muted", text: c.initiated_by === mine ? "sent by you" : "sent to you" }),
@@ -462,11 +469,16 @@
     $("session").hidden = true;
     $("auth-view").hidden = false;
     ["connections", "activities", "feed", "request-pro"].forEach((id) => $(id).replaceChildren());
+    $("mailbox-filter").value = "";
+    loadMailbox();
   }
 
   function startApp() {
     document.body.dataset.role = user.role;
     $("whoami").textContent = `${user.name} · ${user.email} · ${user.role}`;
+    renderAccount();
+    if (!$("mailbox-filter").value) $("mailbox-filter").value = user.email;
+    loadMailbox();
     $("auth-view").hidden = true;
     $("session").hidden = false;
     $("app-view").hidden = false;
@@ -541,11 +553,186 @@
     }
   });
 
+  // ---------------------------------------------------------------- account (version 3: mail)
+
+  function renderAccount() {
+    if (!user) return;
+    const verified = Boolean(user.email_verified);
+    const badge = $("verify-status");
+    badge.textContent = verified ? `${user.email} · verified` : `${user.email} · not verified`;
+    badge.className = `badge ${verified ? "verified" : "unverified"}`;
+    badge.dataset.verified = String(verified);
+    $("verify-box").hidden = verified;
+  }
+
+  function setUser(fresh) {
+    user = fresh;
+    store.setItem(KEY.user, JSON.stringify(fresh));
+    renderAccount();
+  }
+
+  async function verifyEmail(token, control) {
+    return act(control, async () => {
+      const verified = await api("POST", "/api/auth/verify-email", { token });
+      if (user && verified.id === user.id) setUser(verified);
+      showNotice(`${verified.email} is verified.`);
+      $("verify-code").value = "";
+    }, ...(user ? ["connections"] : []));
+  }
+
+  // Links in the mails: `#verify=<token>`, `#reset=<token>`, `#signup=<address>`. Read
+  // from the fragment, which never reaches a server, then cleared from the address bar.
+  let resetToken = null;
+  function handleHash() {
+    const match = /^#(verify|reset|signup)=(.+)$/.exec(location.hash);
+    if (!match) return;
+    history.replaceState(null, "", location.pathname + location.search);
+    const [, kind, raw] = match;
+    let value;
+    try {
+      value = decodeURIComponent(raw);
+    } catch {
+      return showError(new Error("This link is damaged."));
+    }
+    if (kind === "verify") verifyEmail(value, null);
+    if (kind === "signup" && !user) {
+      $("signup-email").value = value;
+      $("signup-role").value = "client";
+      $("signup-name").focus();
+    }
+    if (kind === "reset") {
+      resetToken = value;
+      if (user) endSession(); // the new password ends every session anyway
+      $("reset-panel").hidden = false;
+      $("reset-password").focus();
+    }
+  }
+  window.addEventListener("hashchange", handleHash);
+
+  $("verify-submit").addEventListener("click", (ev) => {
+    const code = $("verify-code").value.trim();
+    if (!code) return showError(new Error("Paste the code from the verification mail."));
+    verifyEmail(code, ev.target);
+  });
+
+  $("verify-resend").addEventListener("click", (ev) =>
+    act(ev.target, async () => {
+      await api("POST", "/api/auth/verify-email/resend");
+      showNotice(`A new verification mail is on its way to ${user.email}.`);
+    }),
+  );
+
+  $("forgot-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const email = $("forgot-email").value;
+    if (await act($("forgot-submit"), () => api("POST", "/api/auth/password-reset", { email }))) {
+      showNotice(`If an account has the address ${email}, a reset link is on its way to it.`);
+      if (!$("mailbox-filter").value) $("mailbox-filter").value = email;
+      ev.target.reset();
+      loadMailbox();
+    }
+  });
+
+  $("reset-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    if (!resetToken) return showError(new Error("Open the link from the reset mail first."));
+    const body = { token: resetToken, password: $("reset-password").value };
+    if (await act($("reset-submit"), () => api("POST", "/api/auth/password-reset/confirm", body))) {
+      resetToken = null;
+      ev.target.reset();
+      $("reset-panel").hidden = true;
+      showNotice("Your password is changed, and every session was ended: log in with the new one.");
+    }
+  });
+
+  $("change-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const body = { current_password: $("change-current").value, new_password: $("change-new").value };
+    if (await act($("change-submit"), () => api("POST", "/api/auth/password", body))) {
+      ev.target.reset();
+      showNotice("Your password is changed; your other sessions were ended.");
+    }
+  });
+
+  $("notice-close").addEventListener("click", () => {
+    $("notice").hidden = true;
+  });
+
+  // ---------------------------------------------------------------- mailbox (development)
+
+  let mailboxOn = false;
+  let mailboxTimer = null;
+
+  async function startMailbox() {
+    try {
+      const resp = await fetch("/dev/mail?to=-");
+      mailboxOn = resp.ok;
+    } catch {
+      mailboxOn = false;
+    }
+    $("mailbox-panel").hidden = !mailboxOn;
+    if (mailboxOn) mailboxTimer = setInterval(loadMailbox, 2000);
+  }
+
+  async function loadMailbox() {
+    if (!mailboxOn) return;
+    const to = $("mailbox-filter").value.trim();
+    let list = [];
+    try {
+      const resp = await fetch(`/dev/mail${to ? `?to=${encodeURIComponent(to)}` : ""}`);
+      if (resp.ok) list = await resp.json();
+    } catch {
+      return; // the next poll tries again
+    }
+    const items = list.map((m) =>
+      el(
+        "li",
+        { "data-testid": "mail-item", "data-id": m.id, onclick: () => openMail(m.id) },
+        el("span", { class: "name", "data-testid": "mail-item-subject", text: m.subject }),
+        el("span", { class: "muted", text: `to ${m.to}` }),
+        el("span", { class: "muted", text: m.date }),
+      ),
+    );
+    $("mailbox-list").replaceChildren(...(items.length ? items : [empty("No mail yet.")]));
+  }
+
+  async function openMail(id) {
+    const resp = await fetch(`/dev/mail/${encodeURIComponent(id)}`);
+    if (!resp.ok) return showError(new Error("That message is gone."));
+    const mail = await resp.json();
+    $("mail-subject").textContent = mail.subject;
+    $("mail-meta").textContent = `from ${mail.from} to ${mail.to}, ${mail.date}`;
+    $("mail-text").textContent = mail.text; // text only: the HTML body is never rendered here
+    const links = [...new Set(mail.text.match(/https?:\/\/\S+/g) || [])];
+    $("mail-links").replaceChildren(
+      ...links.map((href) => {
+        const link = el("a", { href, "data-testid": "mail-link", text: href });
+        link.addEventListener("click", (ev) => {
+          // A link of this page (whatever PUBLIC_URL says): follow its fragment here.
+          const hash = new URL(href).hash;
+          if (/^#(verify|reset|signup)=/.test(hash)) {
+            ev.preventDefault();
+            location.hash = hash;
+          }
+        });
+        return link;
+      }),
+    );
+    $("mail-view").hidden = false;
+  }
+
+  $("mailbox-refresh").addEventListener("click", loadMailbox);
+  $("mailbox-filter").addEventListener("change", loadMailbox);
+
   // ---------------------------------------------------------------- start
 
   async function boot() {
+    await startMailbox();
     const saved = store.getItem(KEY.user);
-    if (!store.getItem(KEY.token) || !saved) return endSession();
+    if (!store.getItem(KEY.token) || !saved) {
+      endSession();
+      return handleHash();
+    }
     user = JSON.parse(saved);
     try {
       saveSession({ token: store.getItem(KEY.token), refresh_token: store.getItem(KEY.refresh), user: await api("GET", "/api/auth/me") });
@@ -554,6 +741,7 @@
       showError(err);
     }
     startApp();
+    handleHash();
   }
 
   boot();

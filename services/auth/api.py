@@ -11,7 +11,7 @@ from pydantic import BaseModel, StringConstraints, TypeAdapter, ValidationError
 from services.common.events import UserData
 from services.common.openapi import PAGE_PARAMS, Route
 from services.common.problems import DomainErrors, Problem
-from services.common.schemas import Email, RequestModel, text
+from services.common.schemas import Email, NewPassword, RequestModel, text
 from services.common.tokens import Identity
 from services.common.web import (
     authenticate,
@@ -36,17 +36,25 @@ ERRORS: DomainErrors = {
     ),
     service.RateLimited: (429, "rate_limited", "Too many failed logins; try again later."),
     service.UserNotFound: (404, "user_not_found", "No such user."),
+    # Version 3 (mail).
+    service.TooManyRequests: (429, "rate_limited", "Too many requests; try again later."),
+    service.InvalidEmailToken: (
+        400,
+        "invalid_token",
+        "This code or link is unknown, expired or already used.",
+    ),
+    service.AlreadyVerified: (409, "already_verified", "Your address is already verified."),
+    service.WrongPassword: (403, "invalid_credentials", "The current password is wrong."),
 }
 
 
 Name = text(1, 100)
-Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
 
 
 class SignupBody(RequestModel):
     name: Name
     email: Email
-    password: Password
+    password: NewPassword
     role: Literal["professional", "client"]
 
 
@@ -130,6 +138,7 @@ async def signup(request: web.Request) -> web.Response:
         email=body.email.lower(),
         password=body.password,
         role=body.role,
+        client_ip=client_ip(request),
     )
     return _session_json(session, 201)
 
@@ -180,6 +189,77 @@ async def list_users(request: web.Request) -> web.Response:
     return json_response(users)
 
 
+# -- version 3: verified addresses, password reset and change ----------------------------
+
+# A token from a mail (URL-safe base64 of 32 random bytes); anything else is simply unknown.
+MailToken = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class VerifyEmailBody(RequestModel):
+    token: MailToken
+
+
+class PasswordResetBody(RequestModel):
+    email: Email
+
+
+class PasswordResetConfirmBody(RequestModel):
+    token: MailToken
+    password: NewPassword
+
+
+class PasswordChangeBody(RequestModel):
+    current_password: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    new_password: NewPassword
+
+
+async def verify_email(request: web.Request) -> web.Response:
+    body = await read_json(request, VerifyEmailBody)
+    return json_response(await service.verify_email(request.app[ctx_key], token=body.token))
+
+
+async def resend_verification(request: web.Request) -> web.Response:
+    identity = await authenticate(request)
+    await read_json(request, EmptyBody)
+    await service.resend_verification(
+        request.app[ctx_key], identity=identity, client_ip=client_ip(request)
+    )
+    return web.Response(status=202)
+
+
+async def password_reset(request: web.Request) -> web.Response:
+    body = await read_json(request, PasswordResetBody)
+    await service.request_password_reset(
+        request.app[ctx_key], email=body.email.lower(), client_ip=client_ip(request)
+    )
+    return web.Response(status=202)
+
+
+async def password_reset_confirm(request: web.Request) -> web.Response:
+    body = await read_json(request, PasswordResetConfirmBody)
+    await service.confirm_password_reset(
+        request.app[ctx_key], token=body.token, password=body.password
+    )
+    return web.Response(status=204)
+
+
+async def change_password(request: web.Request) -> web.Response:
+    identity = await authenticate(request)
+    body = await read_json(request, PasswordChangeBody)
+    await service.change_password(
+        request.app[ctx_key],
+        identity=identity,
+        current_password=body.current_password,
+        new_password=body.new_password,
+        client_ip=client_ip(request),
+    )
+    return web.Response(status=204)
+
+
+class EmptyBody(RequestModel):
+    """No fields (any sent are ignored)."""
+
+
 ROLE_QUERY = {
     "name": "role",
     "in": "query",
@@ -188,7 +268,8 @@ ROLE_QUERY = {
 
 ROUTES = [
     Route("POST", "/api/auth/signup", signup, "Create an account", status=201, body=SignupBody,
-          response=SessionOut, auth=False, raises=[service.EmailTaken], reply=session_reply),
+          response=SessionOut, auth=False, raises=[service.EmailTaken, service.TooManyRequests],
+          reply=session_reply),
     Route("POST", "/api/auth/login", login, "Log in", body=LoginBody, response=SessionOut,
           auth=False, raises=[service.InvalidCredentials, service.RateLimited],
           reply=session_reply),
@@ -200,4 +281,22 @@ ROUTES = [
           raises=[service.UserNotFound]),
     Route("GET", "/api/users", list_users, "The users directory", response=UserData, many=True,
           query=[ROLE_QUERY, *PAGE_PARAMS]),
+    # Version 3 (mail).
+    Route("POST", "/api/auth/verify-email", verify_email,
+          "Verify the account's address with the code or link from the mail",
+          body=VerifyEmailBody, response=UserData, auth=False,
+          raises=[service.InvalidEmailToken]),
+    Route("POST", "/api/auth/verify-email/resend", resend_verification,
+          "Send the verification mail again (3 an hour)", status=202, body=EmptyBody,
+          raises=[service.AlreadyVerified, service.TooManyRequests, service.UserNotFound]),
+    Route("POST", "/api/auth/password-reset", password_reset,
+          "Mail a password reset link (the same answer for every address)", status=202,
+          body=PasswordResetBody, auth=False, raises=[service.TooManyRequests]),
+    Route("POST", "/api/auth/password-reset/confirm", password_reset_confirm,
+          "Set a new password with the reset link's token; every session ends", status=204,
+          body=PasswordResetConfirmBody, auth=False, raises=[service.InvalidEmailToken]),
+    Route("POST", "/api/auth/password", change_password,
+          "Change the password; every other session ends", status=204,
+          body=PasswordChangeBody,
+          raises=[service.WrongPassword, service.RateLimited, service.UserNotFound]),
 ]  # fmt: skip

@@ -13,6 +13,7 @@ from services.common.idempotency import secret_from_key
 from services.common.service_app import (
     ServiceSpec,
     Subscription,
+    background,
     catch_up_key,
     create_service_app,
     db_key,
@@ -24,8 +25,16 @@ from services.common.web import redis_key
 
 from . import api, bus
 from .config import AuthSettings
-from .service import AuthContext, LoginLimiter, Passwords
-from .tables import IdempotencyKey, OutboxEvent
+from .service import (
+    AccountMail,
+    AuthContext,
+    LoginLimiter,
+    Passwords,
+    Throttle,
+    TooManyRequests,
+    purge_email_tokens_forever,
+)
+from .tables import IdempotencyKey, MailOutbox, OutboxEvent
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -43,7 +52,19 @@ def create_app(settings: AuthSettings | None = None) -> web.Application:
         await passwords.start()
         key = load_private_key(settings.jwt_private_key, settings.private_key_path)
         redis = app[redis_key]
-        app[api.ctx_key] = AuthContext(
+
+        def throttle(name: str, per_email: int, per_ip: int) -> Throttle:
+            # One hash tag per throttle: its keys are used together (one script).
+            return Throttle(
+                redis,
+                prefix=f"throttle:{{{name}}}",
+                limits={"email": per_email, "ip": per_ip},
+                window=settings.throttle_window_seconds,
+                error=TooManyRequests,
+                fail_open=True,
+            )
+
+        ctx = AuthContext(
             db=app[db_key],
             passwords=passwords,
             issuer=TokenIssuer(
@@ -61,8 +82,28 @@ def create_app(settings: AuthSettings | None = None) -> web.Application:
             revocations=RevocationList(redis),
             refresh_ttl=dt.timedelta(seconds=settings.refresh_ttl_seconds),
             catch_up=app[catch_up_key],
+            accounts=AccountMail(
+                public_url=settings.public_url,
+                signup=throttle(
+                    "signup", settings.signup_max_per_email, settings.signup_max_per_ip
+                ),
+                resend=throttle(
+                    "verify-resend",
+                    settings.verify_resend_max_per_email,
+                    settings.verify_resend_max_per_ip,
+                ),
+                reset=throttle(
+                    "password-reset",
+                    settings.password_reset_max_per_email,
+                    settings.password_reset_max_per_ip,
+                ),
+                verify_ttl=dt.timedelta(seconds=settings.verify_ttl_seconds),
+                reset_ttl=dt.timedelta(seconds=settings.reset_ttl_seconds),
+            ),
         )
-        yield
+        app[api.ctx_key] = ctx
+        async with background(purge_email_tokens_forever(ctx), "auth-email-token-purge"):
+            yield
         passwords.close()
 
     def idempotency_secret() -> bytes:
@@ -81,6 +122,7 @@ def create_app(settings: AuthSettings | None = None) -> web.Application:
         subscription=Subscription(group=bus.GROUP, streams=bus.STREAMS, handler=bus.handler),
         contexts=[auth_ctx],
         idempotency_secret=idempotency_secret,
+        mail_model=MailOutbox,
     )
     app = create_service_app(spec, settings)
     app[api.trusted_key] = trusted_networks(settings.trusted_proxies)

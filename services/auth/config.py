@@ -34,6 +34,20 @@ class AuthSettings(ServiceSettings):
         "192.168.0.0/16",
     ]
 
+    # Version 3 (mail): throttles of the routes that create accounts or send mail, per
+    # address and per client IP, in a sliding window (429 with Retry-After). The per-IP
+    # limits leave room for a clinic's patients signing up behind one NAT.
+    throttle_window_seconds: int = Field(3600, gt=0)
+    signup_max_per_email: int = Field(10, gt=0)
+    signup_max_per_ip: int = Field(300, gt=0)
+    verify_resend_max_per_email: int = Field(3, gt=0)
+    verify_resend_max_per_ip: int = Field(100, gt=0)
+    password_reset_max_per_email: int = Field(3, gt=0)
+    password_reset_max_per_ip: int = Field(200, gt=0)
+    # Lifetimes of what the mails carry.
+    verify_ttl_seconds: int = Field(24 * 3600, gt=0)
+    reset_ttl_seconds: int = Field(30 * 60, gt=0)
+
     # argon2id cost (OWASP's minimum profile by default: m=19 MiB, t=2, p=1).
     argon2_time_cost: int = 2
     argon2_memory_kib: int = 19_456

@@ -1,4 +1,4 @@
-"""Auth use cases: sign up, log in, refresh, log out, and the users directory. No HTTP here."""
+"""Auth use cases: accounts, sessions, verified addresses, passwords, the directory. No HTTP."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import redis.exceptions
 import sqlalchemy.exc
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from redis.asyncio import Redis
-from sqlalchemy import Select, bindparam, or_, orm, select, update
+from sqlalchemy import Select, bindparam, delete, func, or_, orm, select, update
 
 from services.common.consumer import CatchUp, CopyBehind
 from services.common.db import Database, utcnow
@@ -25,14 +26,17 @@ from services.common.events import (
     ConnectionEvent,
     Event,
     UserData,
+    UserEmailVerified,
     UserPayload,
     UserRegistered,
     format_timestamp,
 )
+from services.common.mail import Mail, link, render, stage_mail
 from services.common.outbox import stage
+from services.common.tasks import ErrorOnce
 from services.common.tokens import Identity, RevocationList, TokenIssuer, new_opaque_token
 
-from .tables import ClientLink, RefreshToken, User
+from .tables import ClientLink, EmailToken, RefreshToken, User
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,10 @@ class RateLimited(AuthError):
     def __init__(self, retry_after: int) -> None:
         super().__init__("too many failed logins")
         self.retry_after = retry_after
+
+
+class TooManyRequests(RateLimited):
+    """Over a throttle of signup, verification resend or password reset."""
 
 
 class Passwords:
@@ -97,22 +105,87 @@ class Passwords:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-class LoginLimiter:
-    """Sliding-window counts of failed logins per email and per client address, in Redis."""
+# Atomic check-and-count over every key of one throttle: either all count this request or
+# (some limit reached) none does and the longest wait is returned. KEYS: the keys; ARGV:
+# now, window, member, then each key's limit.
+HIT = """
+local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local retry = 0
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, 0, now - window)
+  if redis.call('ZCARD', key) >= tonumber(ARGV[3 + i]) then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    local wait = math.floor(tonumber(oldest[2]) + window - now) + 1
+    if wait > retry then retry = wait end
+  end
+end
+if retry == 0 then
+  for _, key in ipairs(KEYS) do
+    redis.call('ZADD', key, now, ARGV[3])
+    redis.call('EXPIRE', key, math.ceil(window) + 60)
+  end
+end
+return retry
+"""
 
-    def __init__(self, redis: Redis, *, per_email: int, per_ip: int, window: int) -> None:
+
+class Throttle:
+    """Sliding-window counts per kind of key (an address, a client IP), in Redis.
+
+    `hit` counts a request unless a limit is reached (then RateLimited, nothing counted);
+    `check` and `record` do the two halves apart, for counts of failures (the login
+    throttle counts a login only when it failed). Addresses are hashed: no address in a
+    Redis key. `fail_open`: while Redis cannot be reached, `hit` lets requests through
+    (sign-ups and mail go on during an outage) instead of answering 503.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str,
+        limits: Mapping[str, int],
+        window: int,
+        error: type[RateLimited] | None = None,
+        fail_open: bool = False,
+    ) -> None:
+        self._fail_open = fail_open
+        self._errors = ErrorOnce(log, f"{prefix} throttle")
         self._redis = redis
-        self._limits = {"email": per_email, "ip": per_ip}
+        self._prefix = prefix
+        self._limits = dict(limits)
         self._window = window
+        self._error = error or RateLimited
+        self._hit = redis.register_script(HIT)
 
-    @staticmethod
-    def _keys(email: str, ip: str) -> dict[str, str]:
-        digest = hashlib.sha256(email.encode()).hexdigest()[:32]  # no address in Redis keys
-        return {"email": f"login:fail:email:{digest}", "ip": f"login:fail:ip:{ip}"}
+    def _keys(self, values: Mapping[str, str]) -> dict[str, str]:
+        keys = {}
+        for kind, value in values.items():
+            if kind == "email":
+                value = hashlib.sha256(value.encode()).hexdigest()[:32]
+            keys[kind] = f"{self._prefix}:{kind}:{value}"
+        return keys
 
-    async def check(self, email: str, ip: str) -> None:
+    async def hit(self, **values: str) -> None:
+        keys = self._keys(values)
+        member = f"{time.time():.6f}:{uuid.uuid4().hex[:8]}"
+        try:
+            retry = await self._hit(
+                keys=list(keys.values()),
+                args=[time.time(), self._window, member, *(self._limits[k] for k in keys)],
+            )
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            if not self._fail_open:
+                raise
+            self._errors.note(exc, expected=True)
+            return
+        self._errors.clear()
+        if retry:
+            raise self._error(int(retry))
+
+    async def check(self, **values: str) -> None:
         now = time.time()
-        keys = self._keys(email, ip)
+        keys = self._keys(values)
         async with self._redis.pipeline(transaction=False) as pipe:
             for key in keys.values():
                 pipe.zremrangebyscore(key, 0, now - self._window)
@@ -125,19 +198,37 @@ class LoginLimiter:
             if count >= self._limits[kind] and oldest:
                 retry = max(retry, int(oldest[0][1] + self._window - now) + 1)
         if retry:
-            raise RateLimited(retry)
+            raise self._error(retry)
 
-    async def failed(self, email: str, ip: str) -> None:
+    async def record(self, **values: str) -> None:
         now = time.time()
         member = f"{now:.6f}:{uuid.uuid4().hex[:8]}"
         async with self._redis.pipeline(transaction=False) as pipe:
-            for key in self._keys(email, ip).values():
+            for key in self._keys(values).values():
                 pipe.zadd(key, {member: now})
                 pipe.expire(key, self._window + 60)
             await pipe.execute()
 
+    async def forget(self, kind: str, value: str) -> None:
+        await self._redis.delete(self._keys({kind: value})[kind])
+
+
+class LoginLimiter(Throttle):
+    """Failed logins per email and per client address (the login throttle)."""
+
+    def __init__(self, redis: Redis, *, per_email: int, per_ip: int, window: int) -> None:
+        super().__init__(
+            redis, prefix="login:fail", limits={"email": per_email, "ip": per_ip}, window=window
+        )
+
+    async def check(self, email: str, ip: str) -> None:  # type: ignore[override]
+        await super().check(email=email, ip=ip)
+
+    async def failed(self, email: str, ip: str) -> None:
+        await self.record(email=email, ip=ip)
+
     async def succeeded(self, email: str, ip: str) -> None:
-        await self._redis.delete(self._keys(email, ip)["email"])
+        await self.forget("email", email)
 
 
 @dataclass(slots=True)
@@ -152,6 +243,21 @@ class AuthContext:
     refresh_ttl: dt.timedelta
     # Waits until the copy of connections has applied every event already published.
     catch_up: CatchUp
+    # Version 3 (mail): links, lifetimes and throttles of the mail-sending use cases.
+    accounts: AccountMail
+
+
+@dataclass(slots=True)
+class AccountMail:
+    """What the mail-sending use cases need: where links point, how long their secrets
+    live, and the throttles of signup, verification resend and password reset."""
+
+    public_url: str
+    signup: Throttle
+    resend: Throttle
+    reset: Throttle
+    verify_ttl: dt.timedelta = dt.timedelta(hours=24)
+    reset_ttl: dt.timedelta = dt.timedelta(minutes=30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +273,12 @@ def _hash_token(token: str) -> str:
 
 def user_data(user: User) -> UserData:
     return UserData(
-        id=user.id, name=user.name, email=user.email, role=user.role, created_at=user.created_at
+        id=user.id,
+        name=user.name,
+        email=user.email,
+        role=user.role,
+        created_at=user.created_at,
+        email_verified=bool(user.email_verified),
     )
 
 
@@ -185,18 +296,24 @@ def _new_refresh(ctx: AuthContext, user: User, family_id: str) -> tuple[RefreshT
     return row, access, token
 
 
-async def signup(ctx: AuthContext, *, name: str, email: str, password: str, role: str) -> Session:
+async def signup(
+    ctx: AuthContext, *, name: str, email: str, password: str, role: str, client_ip: str = ""
+) -> Session:
+    await ctx.accounts.signup.hit(email=email, ip=client_ip)
     if await ctx.db.fetch(USER_BY_EMAIL, email=email):
         raise EmailTaken(email)
     password_hash = await ctx.passwords.hash(password)
 
     def create(session: orm.Session) -> Session:
-        user = User(name=name, email=email, role=role, password_hash=password_hash)
+        user = User(
+            name=name, email=email, role=role, password_hash=password_hash, email_verified=False
+        )
         session.add(user)
         session.flush()
         row, access, refresh = _new_refresh(ctx, user, uuid.uuid4().hex)
         session.add(row)
         stage(session, UserRegistered(data=UserPayload(user=user_data(user))))
+        _send_verification(ctx, session, user)
         return Session(user, access, refresh)
 
     try:
@@ -305,7 +422,7 @@ async def logout(ctx: AuthContext, *, identity: Identity, refresh_token: str | N
     await ctx.db.write(lambda session: session.execute(revoke))
 
 
-_USER_COLUMNS = (User.id, User.name, User.email, User.role, User.created_at)
+_USER_COLUMNS = (User.id, User.name, User.email, User.role, User.created_at, User.email_verified)
 GET_USER = select(*_USER_COLUMNS).where(User.id == bindparam("uid"))
 USER_BY_EMAIL = select(User.id).where(User.email == bindparam("email"))
 FAMILY_OF_TOKEN = select(RefreshToken.family_id).where(
@@ -346,6 +463,7 @@ def user_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "email": row["email"],
         "role": row["role"],
         "created_at": format_timestamp(row["created_at"]),
+        "email_verified": bool(row["email_verified"]),
     }
 
 
@@ -378,3 +496,311 @@ async def list_users(
     stmt = USERS_STATEMENTS[(viewer.role, role)]
     rows = await ctx.db.fetch(stmt, uid=viewer.user_id, limit=limit, offset=offset)
     return [user_json(row) for row in rows]
+
+
+# -- version 3: verified addresses, password reset and change (mail) ---------------------
+
+
+class InvalidEmailToken(AuthError):
+    """A verification or reset token that is unknown, expired or already used."""
+
+
+class AlreadyVerified(AuthError):
+    pass
+
+
+class WrongPassword(AuthError):
+    """The current password given to change it is wrong (403: the caller is signed in)."""
+
+
+VERIFY, RESET = "verify", "reset"
+TOKEN_PURGE_SECONDS = 600.0
+TOKEN_KEEP = dt.timedelta(days=1)  # expired or used tokens kept this long, then deleted
+
+USER_AUTH_BY_ID = select(*_USER_COLUMNS, User.password_hash).where(User.id == bindparam("uid"))
+USER_AUTH_BY_EMAIL = select(*_USER_COLUMNS).where(User.email == bindparam("email"))
+RESET_TOKEN = select(
+    EmailToken.id, EmailToken.user_id, EmailToken.expires_at, EmailToken.used_at
+).where(EmailToken.token_hash == bindparam("token_hash"), EmailToken.purpose == RESET)
+
+
+def _hours(ttl: dt.timedelta) -> str:
+    minutes = int(ttl.total_seconds() // 60)
+    if minutes % 60:
+        return f"{minutes} minutes"
+    hours = minutes // 60
+    return "1 hour" if hours == 1 else f"{hours} hours"
+
+
+def _new_email_token(
+    session: orm.Session, *, user_id: int | None, purpose: str, ttl: dt.timedelta
+) -> str:
+    """A fresh single-use secret for a mail; only its hash is stored."""
+    token = new_opaque_token()
+    session.add(
+        EmailToken(
+            user_id=user_id,
+            purpose=purpose,
+            token_hash=_hash_token(token),
+            created_at=utcnow(),
+            expires_at=utcnow() + ttl,
+        )
+    )
+    return token
+
+
+def _send_verification(ctx: AuthContext, session: orm.Session, user: User) -> None:
+    """Queue the verification mail (code and link) in the transaction of `session`."""
+    accounts = ctx.accounts
+    token = _new_email_token(session, user_id=user.id, purpose=VERIFY, ttl=accounts.verify_ttl)
+    text, html = render(
+        greeting=f"Hello {user.name},",
+        paragraphs=[
+            "Please confirm that this address is yours: the professionals who invite you "
+            "by email reach you only once it is verified.",
+            f"The link and the code are valid for {_hours(accounts.verify_ttl)} and work once.",
+        ],
+        action=("Verify my address", link(accounts.public_url, "verify", token)),
+        code=("Verification code", token),
+        footer="If you did not sign up for HealthConnect, ignore this message.",
+    )
+    mail = Mail(to=user.email, subject="Verify your HealthConnect address", text=text, html=html)
+    stage_mail(session, mail)
+
+
+def _mark_verified(session: orm.Session, user: User) -> None:
+    """The address is proven: flag it, spend the other verification tokens, tell others."""
+    if not user.email_verified:
+        user.email_verified = True
+        stage(session, UserEmailVerified(data=UserPayload(user=user_data(user))))
+    session.execute(
+        update(EmailToken)
+        .where(
+            EmailToken.user_id == user.id,
+            EmailToken.purpose == VERIFY,
+            EmailToken.used_at.is_(None),
+        )
+        .values(used_at=utcnow())
+    )
+
+
+async def verify_email(ctx: AuthContext, *, token: str) -> UserData:
+    """Spend a verification token: the account's address is verified (200 User)."""
+    token_hash = _hash_token(token)
+
+    def verify(session: orm.Session) -> UserData:
+        now = utcnow()
+        row = session.scalar(
+            select(EmailToken).where(
+                EmailToken.token_hash == token_hash, EmailToken.purpose == VERIFY
+            )
+        )
+        if row is None or row.user_id is None or row.used_at is not None or row.expires_at <= now:
+            raise InvalidEmailToken()
+        # Compare-and-set: of two concurrent uses of one token only one succeeds.
+        claimed = session.execute(
+            update(EmailToken)
+            .where(EmailToken.id == row.id, EmailToken.used_at.is_(None))
+            .values(used_at=now)
+        )
+        user = session.get(User, row.user_id)
+        if claimed.rowcount != 1 or user is None:
+            raise InvalidEmailToken()
+        _mark_verified(session, user)
+        return user_data(user)
+
+    return await ctx.db.write(verify)
+
+
+async def resend_verification(ctx: AuthContext, *, identity: Identity, client_ip: str) -> None:
+    """A new verification mail (the earlier ones keep working until they expire)."""
+    rows = await ctx.db.fetch(GET_USER, uid=identity.user_id)
+    if not rows:
+        raise UserNotFound(identity.user_id)
+    if rows[0]["email_verified"]:
+        raise AlreadyVerified(identity.user_id)
+    await ctx.accounts.resend.hit(email=rows[0]["email"], ip=client_ip)
+
+    def send(session: orm.Session) -> None:
+        user = session.get(User, identity.user_id)
+        if user is None:
+            raise UserNotFound(identity.user_id)
+        if user.email_verified:
+            raise AlreadyVerified(identity.user_id)
+        _send_verification(ctx, session, user)
+
+    await ctx.db.write(send)
+
+
+async def request_password_reset(ctx: AuthContext, *, email: str, client_ip: str) -> None:
+    """Mail a reset link to the account of `email`, if there is one.
+
+    The same work for every address, known or not (the throttle, the lookup, a token and
+    a stored row), so neither the answer nor its time tells whether the address has an
+    account; only the mail, which goes to the address itself, differs.
+    """
+    await ctx.accounts.reset.hit(email=email, ip=client_ip)
+    rows = await ctx.db.fetch(USER_AUTH_BY_EMAIL, email=email)
+    user = rows[0] if rows else None
+    accounts = ctx.accounts
+
+    def store(session: orm.Session) -> None:
+        uid = user["id"] if user else None
+        token = _new_email_token(session, user_id=uid, purpose=RESET, ttl=accounts.reset_ttl)
+        if user is None:
+            return
+        text, html = render(
+            greeting=f"Hello {user['name']},",
+            paragraphs=[
+                "Someone (hopefully you) asked to reset the password of your HealthConnect "
+                "account.",
+                f"The link is valid for {_hours(accounts.reset_ttl)} and works once. Setting a "
+                "new password ends every session of the account.",
+            ],
+            action=("Choose a new password", link(accounts.public_url, "reset", token)),
+            footer="If you did not ask for this, ignore this message: your password stays "
+            "as it is.",
+        )
+        subject = "Reset your HealthConnect password"
+        stage_mail(session, Mail(to=user["email"], subject=subject, text=text, html=html))
+
+    await ctx.db.write(store)
+
+
+def _end_sessions(
+    session: orm.Session, user_id: int, *, keep: str | None
+) -> list[tuple[str, dt.datetime]]:
+    """Revoke the user's refresh-token families (all, or all but `keep`); returns each
+    ended family with its access tokens' latest expiry, for the revocation list."""
+    live = (
+        RefreshToken.user_id == user_id,
+        RefreshToken.revoked_at.is_(None),
+        *((RefreshToken.family_id != keep,) if keep else ()),
+    )
+    families = session.execute(
+        select(RefreshToken.family_id, func.max(RefreshToken.access_expires_at))
+        .where(*live)
+        .group_by(RefreshToken.family_id)
+    ).all()
+    session.execute(update(RefreshToken).where(*live).values(revoked_at=utcnow()))
+    return [(family, expires) for family, expires in families]
+
+
+async def _revoke_access(ctx: AuthContext, families: list[tuple[str, dt.datetime]]) -> None:
+    """Put the ended sessions on the revocation list: their access tokens stop working at
+    once, and the gateways close the sockets opened with them (4001)."""
+    now = utcnow()
+    for family, expires in families:
+        if expires > now:
+            await ctx.revocations.revoke(jti=None, sid=family, expires_at=int(expires.timestamp()))
+
+
+def _send_password_notice(ctx: AuthContext, session: orm.Session, user: User, *, how: str) -> None:
+    """Tell the address that its password changed (no secret in it)."""
+    text, html = render(
+        greeting=f"Hello {user.name},",
+        paragraphs=[
+            f"The password of your HealthConnect account was {how}, and the account's "
+            "other sessions were ended.",
+            "If this was not you, choose a new password now with “Forgot your password?” "
+            "on the sign-in page, and tell the people you work with.",
+        ],
+        action=("Open HealthConnect", ctx.accounts.public_url.rstrip("/") + "/"),
+    )
+    subject = "Your HealthConnect password was changed"
+    stage_mail(session, Mail(to=user.email, subject=subject, text=text, html=html))
+
+
+async def confirm_password_reset(ctx: AuthContext, *, token: str, password: str) -> None:
+    """Set a new password with a reset token: every session of the account ends.
+
+    Following the link also proves the address, so an unverified one becomes verified.
+    """
+    token_hash = _hash_token(token)
+    rows = await ctx.db.fetch(RESET_TOKEN, token_hash=token_hash)
+    now = utcnow()
+    if not rows or rows[0]["user_id"] is None or rows[0]["used_at"] is not None:
+        raise InvalidEmailToken()
+    if rows[0]["expires_at"] <= now:
+        raise InvalidEmailToken()
+    row_id, user_id = rows[0]["id"], rows[0]["user_id"]
+    new_hash = await ctx.passwords.hash(password)
+
+    def apply(session: orm.Session) -> list[tuple[str, dt.datetime]]:
+        claimed = session.execute(
+            update(EmailToken)
+            .where(
+                EmailToken.id == row_id,
+                EmailToken.used_at.is_(None),
+                EmailToken.expires_at > utcnow(),
+            )
+            .values(used_at=utcnow())
+        )
+        user = session.get(User, user_id)
+        if claimed.rowcount != 1 or user is None:
+            raise InvalidEmailToken()
+        user.password_hash = new_hash
+        # The account's other reset links die with this one.
+        session.execute(
+            update(EmailToken)
+            .where(
+                EmailToken.user_id == user_id,
+                EmailToken.purpose == RESET,
+                EmailToken.used_at.is_(None),
+            )
+            .values(used_at=utcnow())
+        )
+        _mark_verified(session, user)
+        _send_password_notice(ctx, session, user, how="reset")
+        return _end_sessions(session, user_id, keep=None)
+
+    await _revoke_access(ctx, await ctx.db.write(apply))
+
+
+async def change_password(
+    ctx: AuthContext,
+    *,
+    identity: Identity,
+    current_password: str,
+    new_password: str,
+    client_ip: str,
+) -> None:
+    """Change the caller's password: every other session ends (the caller's stays).
+
+    A wrong current password counts as a failed login (the login throttle), so a stolen
+    access token cannot be used to guess the password.
+    """
+    rows = await ctx.db.fetch(USER_AUTH_BY_ID, uid=identity.user_id)
+    if not rows:
+        raise UserNotFound(identity.user_id)
+    email = rows[0]["email"]
+    await ctx.limiter.check(email, client_ip)
+    if not await ctx.passwords.verify(rows[0]["password_hash"], current_password):
+        await ctx.limiter.failed(email, client_ip)
+        raise WrongPassword()
+    new_hash = await ctx.passwords.hash(new_password)
+
+    def apply(session: orm.Session) -> list[tuple[str, dt.datetime]]:
+        user = session.get(User, identity.user_id)
+        if user is None:
+            raise UserNotFound(identity.user_id)
+        user.password_hash = new_hash
+        _send_password_notice(ctx, session, user, how="changed")
+        return _end_sessions(session, user.id, keep=identity.sid)
+
+    await _revoke_access(ctx, await ctx.db.write(apply))
+
+
+async def purge_email_tokens_forever(ctx: AuthContext) -> None:
+    """Delete verification and reset tokens a day after they expired."""
+    failing = False
+    while True:
+        await asyncio.sleep(TOKEN_PURGE_SECONDS)
+        old = delete(EmailToken).where(EmailToken.expires_at < utcnow() - TOKEN_KEEP)
+        try:
+            await ctx.db.write(lambda session, old=old: session.execute(old))
+            failing = False
+        except sqlalchemy.exc.SQLAlchemyError:
+            if not failing:
+                log.warning("email tokens: purge failed; will retry", exc_info=True)
+            failing = True

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy import Boolean, ForeignKey, Index, String, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.copies import ConnectionCopyMixin
 from services.common.db import UTCDateTime, utcnow
 from services.common.idempotency import IdempotencyMixin
+from services.common.mail import MailOutboxMixin
 from services.common.outbox import OutboxMixin
 from services.common.tables import Id
 
@@ -27,6 +28,8 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(20))
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Version 3 (mail): the owner proved the address with a code or link sent to it.
+    email_verified: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (Index("ix_users_role_id", "role", "id"),)
 
@@ -60,6 +63,36 @@ class ClientLink(ConnectionCopyMixin, Base):
 
 
 class OutboxEvent(OutboxMixin, Base):
+    pass
+
+
+# -- version 3: mail (verification, password reset) ---------------------------------------
+
+
+class EmailToken(Base):
+    """A secret sent by mail (stored hashed): `verify` proves the address, `reset` sets a
+    new password. Single use. A reset asked for an unknown address is stored too (no user),
+    so that every address costs the same work; such a row can never be used."""
+
+    __tablename__ = "email_tokens"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), nullable=True
+    )
+    purpose: Mapped[str] = mapped_column(String(20))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        Index("ix_email_tokens_user", "user_id", "purpose"),
+        Index("ix_email_tokens_expires", "expires_at"),
+    )
+
+
+class MailOutbox(MailOutboxMixin, Base):
     pass
 
 

@@ -54,6 +54,8 @@ class UserData(_Model):
     email: str
     role: Role
     created_at: Timestamp
+    # Added in version 3: whether the owner proved the address (a link or code by mail).
+    email_verified: bool = False
 
 
 class Party(_Model):
@@ -147,6 +149,15 @@ class Event(_Model):
 class UserRegistered(Event):
     stream: ClassVar[str] = AUTH_STREAM
     type: Literal["user.registered"] = "user.registered"
+    producer: str = "auth"
+    data: UserPayload
+
+
+class UserEmailVerified(Event):
+    """The user proved they own their address (it carries the user as they are now)."""
+
+    stream: ClassVar[str] = AUTH_STREAM
+    type: Literal["user.email_verified"] = "user.email_verified"
     producer: str = "auth"
     data: UserPayload
 
@@ -246,6 +257,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     cls.model_fields["type"].default: cls
     for cls in (
         UserRegistered,
+        UserEmailVerified,
         ConnectionRequested,
         ConnectionInvited,
         ConnectionAccepted,
@@ -317,6 +329,17 @@ EXAMPLES: dict[str, dict[str, Any]] = {
             "email": "bob@example.com",
             "role": "client",
             "created_at": _T0,
+            "email_verified": False,
+        }
+    },
+    "user.email_verified": {
+        "user": {
+            "id": 2,
+            "name": "Bob",
+            "email": "bob@example.com",
+            "role": "client",
+            "created_at": _T0,
+            "email_verified": True,
         }
     },
     "connection.requested": {"connection": _CONNECTION},

@@ -168,3 +168,44 @@ def drop_outbox_txid() -> None:
     op.drop_index("ix_outbox_unpublished_txid", table_name="outbox")
     with op.batch_alter_table("outbox") as batch:
         batch.drop_column("txid")
+
+
+def create_mail_outbox_table() -> None:
+    """The `mail_outbox` table of `mail.MailOutboxMixin` (the same in every service)."""
+    import sqlalchemy as sa
+    from alembic import op
+
+    from .db import UTCDateTime
+    from .tables import Id
+
+    op.create_table(
+        "mail_outbox",
+        sa.Column("id", Id, autoincrement=True, nullable=False),
+        sa.Column("message_id", sa.String(length=255), nullable=False),
+        sa.Column("to_address", sa.String(length=320), nullable=False),
+        sa.Column("subject", sa.String(length=300), nullable=False),
+        sa.Column("text_body", sa.Text(), nullable=True),
+        sa.Column("html_body", sa.Text(), nullable=True),
+        sa.Column("created_at", UTCDateTime(timezone=True), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_attempt_at", UTCDateTime(timezone=True), nullable=False),
+        sa.Column("claimed_until", UTCDateTime(timezone=True), nullable=True),
+        sa.Column("sent_at", UTCDateTime(timezone=True), nullable=True),
+        sa.Column("failed_at", UTCDateTime(timezone=True), nullable=True),
+        sa.Column("last_error", sa.String(length=200), nullable=True),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("message_id"),
+    )
+    op.create_index(
+        "ix_mail_outbox_due",
+        "mail_outbox",
+        ["sent_at", "failed_at", "next_attempt_at"],
+        unique=False,
+    )
+
+
+def drop_mail_outbox_table() -> None:
+    from alembic import op
+
+    op.drop_index("ix_mail_outbox_due", table_name="mail_outbox")
+    op.drop_table("mail_outbox")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import unicodedata
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from email_validator import SPECIAL_USE_DOMAIN_NAMES
 from pydantic import (
@@ -258,4 +259,53 @@ Email = Annotated[
     BeforeValidator(_checked_str(single_line)),  # as names: email-validator takes blank letters
     Field(max_length=MAX_EMAIL, json_schema_extra={"pattern": _special_use_pattern()}),
     AfterValidator(stored_length),
+]
+
+
+# -- passwords ----------------------------------------------------------------------------
+
+PASSWORD_MIN, PASSWORD_MAX = 8, 128
+# How much of zxcvbn's list of the most common passwords (from a published corpus of
+# leaked passwords, most common first) is refused; those shorter than PASSWORD_MIN are
+# refused by the length already.
+COMMON_PASSWORDS_TOP = 10_000
+
+
+@functools.cache
+def common_passwords() -> frozenset[str]:
+    """The most common passwords (lower-case) long enough to pass the length rule: the
+    frequency list that the pinned zxcvbn package ships (loaded on first use; nothing is
+    downloaded)."""
+    from zxcvbn.frequency_lists import FREQUENCY_LISTS
+
+    top = FREQUENCY_LISTS["passwords"][:COMMON_PASSWORDS_TOP]
+    return frozenset(p for p in top if PASSWORD_MIN <= len(p) <= PASSWORD_MAX)
+
+
+def not_common(value: str) -> str:
+    if value.lower() in common_passwords():
+        raise ValueError("is one of the most common passwords; choose another")
+    return value
+
+
+class _CommonPasswordsSchema:
+    """The JSON Schema of a new password says which values are refused (`not` `enum`), so
+    the OpenAPI document describes what validation accepts; built when first asked."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = handler(core_schema)
+        schema["not"] = {"enum": sorted(common_passwords())}
+        schema["description"] = (
+            f"{PASSWORD_MIN}-{PASSWORD_MAX} characters, and none of the "
+            f"{COMMON_PASSWORDS_TOP:,} most common passwords (compared in lower case)."
+        )
+        return schema
+
+
+# A password being set (sign-up, reset, change): its length, and not a common one.
+NewPassword = Annotated[
+    str,
+    StringConstraints(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX),
+    AfterValidator(not_common),
+    _CommonPasswordsSchema(),
 ]

@@ -27,6 +27,7 @@ from .db import Database
 from .events import Event
 from .health import CachedCheck, health_response, probe
 from .idempotency import Idempotency, IdempotencyMixin
+from .mail import Mailer, MailOutboxMixin
 from .migrations import WrongEncoding, upgrade
 from .openapi import Route, openapi_handler, register
 from .outbox import (
@@ -57,6 +58,7 @@ settings_key = web.AppKey("settings", CommonSettings)
 barrier_key = web.AppKey("barrier", ReadBarrier)
 catch_up_key = web.AppKey("catch_up", object)
 readiness_key = web.AppKey("readiness", CachedCheck)
+mailer_key = web.AppKey("mailer", Mailer)
 
 CleanupCtx = Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]
 
@@ -85,6 +87,8 @@ class ServiceSpec:
     # The secret that protects recorded answers of anonymous routes (see idempotency.py);
     # without one those routes take an Idempotency-Key but record nothing.
     idempotency_secret: Callable[[], bytes] | None = None
+    # The service's `mail_outbox` table, when it sends mail (services/common/mail.py).
+    mail_model: type[MailOutboxMixin] | None = None
 
 
 REDIS_POOL_SIZE = 64
@@ -215,6 +219,22 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Appl
         async with background(outbox.run(), f"{spec.name}-relay"):
             yield
 
+    async def mail_ctx(app: web.Application) -> AsyncIterator[None]:
+        if spec.mail_model is None:
+            yield
+            return
+        mailer = Mailer(
+            app[db_key],
+            spec.mail_model,
+            smtp_url=settings.smtp_url,
+            mail_from=settings.mail_from,
+            retry_max_seconds=settings.mail_retry_max_seconds,
+            name=spec.name,
+        )
+        app[mailer_key] = mailer
+        async with background(mailer.run(), f"{spec.name}-mail-sender"):
+            yield
+
     async def consumer_ctx(app: web.Application) -> AsyncIterator[None]:
         sub = spec.subscription
         if sub is None:
@@ -266,7 +286,7 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Appl
             yield
 
     app.cleanup_ctx.extend(
-        [database_ctx, redis_ctx, relay_ctx, use_case_ctx, *spec.contexts, consumer_ctx]
+        [database_ctx, redis_ctx, relay_ctx, mail_ctx, use_case_ctx, *spec.contexts, consumer_ctx]
     )
     app.cleanup_ctx.append(readiness_ctx)
     app.router.add_get("/health", health)
@@ -311,6 +331,15 @@ async def _readiness(app: web.Application) -> dict[str, Any]:
             "status": "ok" if consumer.running else "down",
             "processed": consumer.processed,
             "dead_lettered": consumer.dead_lettered,
+        }
+    if mailer_key in app:
+        # Informative only: an SMTP server that is down delays mail (it waits in the
+        # outbox), it does not make this service unable to serve.
+        mailer = app[mailer_key]
+        checks["mail"] = {
+            "status": "ok",
+            "sent": mailer.sent,
+            "smtp": "retrying" if mailer.last_error else "ok",
         }
     ok = all(c["status"] == "ok" for c in checks.values())
     return {

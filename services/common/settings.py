@@ -80,6 +80,18 @@ class ServiceSettings(CommonSettings):
     consumer_claim_idle_ms: int = Field(30_000, validation_alias="CONSUMER_CLAIM_IDLE_MS")
     consumer_max_deliveries: int = Field(5, validation_alias="CONSUMER_MAX_DELIVERIES")
 
+    # Mail (services/common/mail.py): where it goes out, who it is from, and the public
+    # address its links point at. `make run` points SMTP_URL at its local mail sink.
+    smtp_url: str = Field("smtp://127.0.0.1:1025", validation_alias="SMTP_URL")
+    mail_from: str = Field(
+        "HealthConnect <no-reply@healthconnect.example>", validation_alias="MAIL_FROM"
+    )
+    public_url: str = Field("http://127.0.0.1:8080", validation_alias="PUBLIC_URL")
+    # The longest pause between two tries of a message while the SMTP server is down.
+    mail_retry_max_seconds: float = Field(
+        60.0, gt=0, le=3600, validation_alias="MAIL_RETRY_MAX_SECONDS"
+    )
+
     @model_validator(mode="after")
     def _default_database(self) -> ServiceSettings:
         if not self.database_url:

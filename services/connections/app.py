@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from services.common.web import redis_key
 from . import api, bus
 from .config import ConnectionsSettings
 from .service import ConnectionsContext
-from .tables import IdempotencyKey, OutboxEvent
+from .tables import IdempotencyKey, MailOutbox, OutboxEvent
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -52,8 +53,12 @@ def create_app(settings: ConnectionsSettings | None = None) -> web.Application:
         errors=api.ERRORS,
         migrations=MIGRATIONS,
         subscription=Subscription(group=bus.GROUP, streams=bus.STREAMS, handler=bus.handler),
-        context=(api.ctx_key, ConnectionsContext),
+        context=(
+            api.ctx_key,
+            functools.partial(ConnectionsContext, public_url=settings.public_url),
+        ),
         contexts=[cascades_ctx],
+        mail_model=MailOutbox,
     )
     return create_service_app(spec, settings)
 

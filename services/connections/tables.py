@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Index, String, text
+from sqlalchemy import Boolean, Index, String, false, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.db import UTCDateTime, utcnow
 from services.common.idempotency import IdempotencyMixin
+from services.common.mail import MailOutboxMixin
 from services.common.outbox import OutboxMixin
 from services.common.tables import Id
 
@@ -20,7 +21,7 @@ class Base(DeclarativeBase):
 
 
 class UserCopy(Base):
-    """Local copy of auth's users, from `user.registered`."""
+    """Local copy of auth's users, from `user.registered` and `user.email_verified`."""
 
     __tablename__ = "users"
 
@@ -28,6 +29,8 @@ class UserCopy(Base):
     name: Mapped[str] = mapped_column(String(100))
     email: Mapped[str] = mapped_column(String(320), unique=True)
     role: Mapped[str] = mapped_column(String(20))
+    # An email invitation binds to this account only once the address is verified.
+    email_verified: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Connection(Base):
@@ -42,6 +45,9 @@ class Connection(Base):
     initiated_by: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # When the client accepted (null before): until then a professional who invited sees
+    # the client only as the address typed (no lookup oracle, API.md version 3).
+    accepted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
         # The database itself refuses a second open connection between a pair, so two
@@ -66,3 +72,7 @@ class OutboxEvent(OutboxMixin, Base):
 
 class IdempotencyKey(IdempotencyMixin, Base):
     pass
+
+
+class MailOutbox(MailOutboxMixin, Base):
+    """Invitation mail to addresses with no account yet."""

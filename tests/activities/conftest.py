@@ -35,7 +35,7 @@ UNKNOWN_ID = 2**62
 @pytest.fixture
 def api(http: aiohttp.ClientSession, stack: Stack) -> Api:
     """The system through the gateway."""
-    return Api(http, stack.gateway_url)
+    return Api(http, stack.gateway_url, stack.inbox)
 
 
 @dataclass

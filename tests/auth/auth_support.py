@@ -10,7 +10,7 @@ from ..api import Reply, assert_problem
 
 T = TypeVar("T")
 
-USER_KEYS = {"id", "name", "email", "role", "created_at"}
+USER_KEYS = {"id", "name", "email", "role", "created_at", "email_verified"}
 
 
 def assert_validation(reply: Reply, *fields: str, code: str = "validation_error") -> None:

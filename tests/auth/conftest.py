@@ -56,3 +56,38 @@ def ip_stack(redis_base_url: str) -> Iterator[Stack]:
             yield system
         finally:
             system.stop()
+
+
+# A Redis database of its own for the mail stack.
+MAIL_STACK_REDIS_DB = 14
+MAIL_IP_LIMIT = 5
+
+
+@pytest.fixture(scope="session")
+def mail_stack(redis_base_url: str) -> Iterator[Stack]:
+    """A SQLite stack that logs everything (LOG_LEVEL=DEBUG, for the check that no log line
+    holds a secret) and throttles signup, verification resend and password reset at
+    MAIL_IP_LIMIT per client address (tests set X-Forwarded-For straight at auth)."""
+    import redis
+
+    url = with_redis_db(redis_base_url, MAIL_STACK_REDIS_DB)
+    redis.Redis.from_url(url).flushdb()
+    limit = str(MAIL_IP_LIMIT)
+    with tempfile.TemporaryDirectory(prefix="hc-stack-mail-") as tmp:
+        system = Stack(
+            backend="sqlite",
+            root=Path(tmp),
+            redis_url=url,
+            extra_env={
+                "LOG_LEVEL": "DEBUG",
+                "AUTH_SIGNUP_MAX_PER_IP": limit,
+                "AUTH_VERIFY_RESEND_MAX_PER_IP": limit,
+                "AUTH_PASSWORD_RESET_MAX_PER_IP": limit,
+                "AUTH_SIGNUP_MAX_PER_EMAIL": "10",
+            },
+        )
+        try:
+            system.start()
+            yield system
+        finally:
+            system.stop()

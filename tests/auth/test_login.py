@@ -69,7 +69,7 @@ async def test_login_password_is_case_sensitive(api: Api) -> None:
 
 @pytest.mark.parametrize("field", ["email", "password"])
 async def test_login_missing_field(api: Api, field: str) -> None:
-    data = {"email": unique_email(), "password": "password1"}
+    data = {"email": unique_email(), "password": "long enough pass 1"}
     del data[field]
     reply = await api.call("POST", "/api/auth/login", json=data)
     assert_validation(reply, field)
@@ -77,7 +77,7 @@ async def test_login_missing_field(api: Api, field: str) -> None:
 
 @pytest.mark.parametrize(("field", "value"), [("email", 42), ("password", 12345678)])
 async def test_login_wrong_type(api: Api, field: str, value: object) -> None:
-    data: dict[str, object] = {"email": unique_email(), "password": "password1"}
+    data: dict[str, object] = {"email": unique_email(), "password": "long enough pass 1"}
     data[field] = value
     assert_validation(await api.call("POST", "/api/auth/login", json=data), field)
 
@@ -281,8 +281,8 @@ async def test_login_with_the_email_exactly_as_given_at_signup(api: Api, make_em
     reply = await api.call(
         "POST",
         "/api/auth/signup",
-        json={"name": "Same", "email": email, "password": "password1", "role": "client"},
+        json={"name": "Same", "email": email, "password": "long enough pass 1", "role": "client"},
     )
     user = assert_session(reply, 201)["user"]
-    login = await api.login(email, "password1")
+    login = await api.login(email, "long enough pass 1")
     assert assert_session(login, 200)["user"]["id"] == user["id"]

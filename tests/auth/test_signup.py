@@ -11,7 +11,7 @@ import pytest
 from ..api import Api, assert_problem, unique_email
 from .auth_support import assert_session, assert_validation
 
-PASSWORD = "password1"
+PASSWORD = "long enough pass 1"
 
 
 def body(**overrides: Any) -> dict[str, Any]:
@@ -42,7 +42,7 @@ async def test_signup_returns_user_and_tokens(api: Api) -> None:
         json={
             "name": "  Ada Lovelace  ",
             "email": email.upper(),
-            "password": "password1",
+            "password": "long enough pass 1",
             "role": "professional",
         },
     )
@@ -52,7 +52,7 @@ async def test_signup_returns_user_and_tokens(api: Api) -> None:
     assert user["email"] == email.lower()
     assert user["role"] == "professional"
     assert user["created_at"].endswith("Z")
-    assert set(user) == {"id", "name", "email", "role", "created_at"}
+    assert set(user) == {"id", "name", "email", "role", "created_at", "email_verified"}
     assert reply.body["token"].count(".") == 2
     assert reply.body["refresh_token"]
 
@@ -74,7 +74,12 @@ async def test_signup_email_taken_case_insensitive(api: Api) -> None:
     reply = await api.call(
         "POST",
         "/api/auth/signup",
-        json={"name": "X", "email": email.upper(), "password": "password1", "role": "client"},
+        json={
+            "name": "X",
+            "email": email.upper(),
+            "password": "long enough pass 1",
+            "role": "client",
+        },
     )
     assert_problem(reply, 409, "email_taken")
 
@@ -243,7 +248,7 @@ async def test_signup_empty_body_counts_as_empty_object(api: Api) -> None:
         ("email", ["a@example.com"]),
         ("password", 12345678),
         ("password", 1234567890.5),
-        ("password", ["password1"]),
+        ("password", ["long enough pass 1"]),
         ("password", True),
         ("role", 1),
         ("role", ["client"]),
@@ -274,7 +279,7 @@ async def test_signup_extra_fields_are_ignored(api: Api) -> None:
     reply = await signup(api, data)
     assert reply.status == 201, reply.text
     user = reply.body["user"]
-    assert set(user) == {"id", "name", "email", "role", "created_at"}
+    assert set(user) == {"id", "name", "email", "role", "created_at", "email_verified"}
     assert user["id"] != 999_999
     assert user["role"] == "client"
     assert not user["created_at"].startswith("2000")

@@ -15,7 +15,7 @@ from .conn_support import StreamWatch
 @pytest.fixture
 def api(http: aiohttp.ClientSession, stack: Stack) -> Api:
     """The shared session stack, through its gateway."""
-    return Api(http, stack.gateway_url)
+    return Api(http, stack.gateway_url, stack.inbox)
 
 
 @pytest_asyncio.fixture

@@ -29,6 +29,13 @@ def party(account: Account) -> dict[str, Any]:
     return {"id": account.id, "name": account.user["name"], "email": account.user["email"]}
 
 
+def masked(connection: dict[str, Any]) -> dict[str, Any]:
+    """`connection` as the professional who invited sees it until the client accepts: the
+    client only as the address typed."""
+    email = connection["client"]["email"]
+    return {**connection, "client": {"id": None, "name": None, "email": email}}
+
+
 def assert_connection(
     body: Any,
     *,

@@ -241,3 +241,91 @@ async def test_two_users_see_each_other_live(
             for context in contexts:
                 await context.close()
             await browser.close()
+
+
+async def _open_mail(page: Page, subject: str) -> None:
+    """Open the newest message with `subject` in the page's mailbox panel."""
+    panel = page.get_by_test_id("mailbox")
+    await expect(panel).to_be_visible(timeout=WAIT)
+    item = panel.get_by_test_id("mail-item").filter(has_text=subject).first
+    await expect(item).to_be_visible(timeout=WAIT)
+    await item.click()
+    await expect(page.get_by_test_id("mail-subject")).to_have_text(subject, timeout=WAIT)
+
+
+async def test_verify_forgot_and_change_password_through_the_mailbox(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A new user opens the verification mail in the mailbox panel and follows its link;
+    then forgets the password, resets it from the mailed link, and changes it."""
+    if backend != "sqlite":
+        pytest.skip("the page does not depend on the database: one backend is enough")
+    executable = _chromium()
+    stack = request.getfixturevalue("stack")
+    base = stack.gateway_url
+    tag = uuid.uuid4().hex[:8]
+    email = f"carol-{tag}@example.com"
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        context = await browser.new_context(viewport={"width": 1200, "height": 900})
+        page = await context.new_page()
+        watch = Watch(page, base)
+        try:
+            await _sign_up(page, base, f"Carol {tag}", email, "client")
+            status = page.get_by_test_id("verify-status")
+            await expect(status).to_have_attribute("data-verified", "false", timeout=WAIT)
+
+            # The mailbox panel shows the verification mail; its link verifies the address.
+            await _open_mail(page, "Verify your HealthConnect address")
+            await expect(page.get_by_test_id("mail-text")).to_contain_text("Verification code:")
+            await page.get_by_test_id("mail-link").filter(has_text="#verify=").click()
+            await expect(status).to_have_attribute("data-verified", "true", timeout=WAIT)
+            await expect(page.get_by_test_id("notice-text")).to_contain_text("is verified")
+            await expect(page.get_by_test_id("verify-box")).to_be_hidden()
+
+            # Forgot password: log out, ask for a link, follow it from the mailbox.
+            await page.get_by_test_id("logout").click()
+            await expect(page.get_by_test_id("auth-view")).to_be_visible(timeout=WAIT)
+            await page.get_by_test_id("forgot").locator("summary").click()
+            await page.get_by_test_id("forgot-email").fill(email)
+            await page.get_by_test_id("forgot-submit").click()
+            await expect(page.get_by_test_id("notice-text")).to_contain_text(
+                "reset link", timeout=WAIT
+            )
+            await page.get_by_test_id("mailbox-filter").fill(email)
+            await page.get_by_test_id("mailbox-refresh").click()
+            await _open_mail(page, "Reset your HealthConnect password")
+            await page.get_by_test_id("mail-link").filter(has_text="#reset=").click()
+            await expect(page.get_by_test_id("reset-panel")).to_be_visible(timeout=WAIT)
+            await page.get_by_test_id("reset-password").fill("a new passphrase here")
+            await page.get_by_test_id("reset-submit").click()
+            await expect(page.get_by_test_id("notice-text")).to_contain_text(
+                "log in with the new one", timeout=WAIT
+            )
+
+            # Log in with the new password, then change it.
+            await page.get_by_test_id("login-email").fill(email)
+            await page.get_by_test_id("login-password").fill("a new passphrase here")
+            await page.get_by_test_id("login-submit").click()
+            await expect(page.get_by_test_id("whoami")).to_contain_text(email, timeout=WAIT)
+            await page.get_by_test_id("change-password").locator("summary").click()
+            await page.get_by_test_id("change-current").fill("a new passphrase here")
+            await page.get_by_test_id("change-new").fill("and another passphrase")
+            await page.get_by_test_id("change-submit").click()
+            await expect(page.get_by_test_id("notice-text")).to_contain_text(
+                "other sessions were ended", timeout=WAIT
+            )
+            login = await page.evaluate(
+                """async (email) => (await fetch('/api/auth/login', {method: 'POST',
+                    headers: {'Content-Type': 'application/json'},
+                    body: JSON.stringify({email, password: 'and another passphrase'})})).status""",
+                email,
+            )
+            assert login == 200
+            await _open_mail(page, "Your HealthConnect password was changed")
+            await expect(page.get_by_test_id("error")).to_be_hidden()
+            assert not watch.problems, watch.problems
+            await page.screenshot(path=str(tmp_path / "mailbox.png"), full_page=True)
+        finally:
+            await context.close()
+            await browser.close()

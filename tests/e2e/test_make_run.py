@@ -1,4 +1,5 @@
-"""`make run` itself: it comes up healthy, serves a sign-up, and Ctrl-C stops it in 5 s."""
+"""`make run` itself: it comes up healthy, serves a sign-up whose verification mail lands in
+its mail sink (and its mailbox view), and Ctrl-C stops it in 5 s."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def test_make_run_end_to_end(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.endswith(("REDIS_URL", "DATABASE_URL"))}
     env.update({f"{name}_PORT": str(port) for name, port in ports.items()})
     env.update({"DATA_DIR": str(tmp_path / "var"), "DEV_REDIS_PORT": str(free_port())})
+    env.update({"DEV_SMTP_PORT": str(free_port())})
+    env.pop("SMTP_URL", None)
     log = (tmp_path / "make-run.log").open("wb")
     proc = subprocess.Popen(
         ["make", "run"],
@@ -50,7 +53,7 @@ def test_make_run_end_to_end(tmp_path: Path) -> None:
                 {
                     "name": "Make Run",
                     "email": "make-run@example.com",
-                    "password": "password1",
+                    "password": "long enough pass 1",
                     "role": "professional",
                 }
             ).encode(),
@@ -67,6 +70,26 @@ def test_make_run_end_to_end(tmp_path: Path) -> None:
             assert (var / f"{name}.db").exists()
         assert (var / "keys" / "jwt_ed25519.pem").exists()
         assert (var / "redis").is_dir()
+
+        # The verification mail went to the local sink: an .eml file, and the mailbox view.
+        deadline = time.monotonic() + 20
+        while not list((var / "mail").glob("*.eml")):
+            assert time.monotonic() < deadline, (tmp_path / "make-run.log").read_text()
+            time.sleep(0.1)
+        with urllib.request.urlopen(base + "/dev/mail?to=make-run@example.com", timeout=5) as resp:
+            (listed,) = json.loads(resp.read())
+        assert listed["subject"] == "Verify your HealthConnect address"
+        with urllib.request.urlopen(f"{base}/dev/mail/{listed['id']}", timeout=5) as resp:
+            message = json.loads(resp.read())
+        code = message["text"].split("Verification code: ")[1].split()[0]
+        verify = urllib.request.Request(
+            base + "/api/auth/verify-email",
+            data=json.dumps({"token": code}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(verify, timeout=10) as resp:
+            assert json.loads(resp.read())["email_verified"] is True
     finally:
         started = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends

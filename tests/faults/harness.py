@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from ..mailbox import Inbox
 from .checker import Result, check, invite_states, quantiles, settle
 from .injector import FAULTS, FaultStack, Timing, inject
 from .sockets import SocketRecorder
@@ -34,7 +35,7 @@ async def run_fault(target: FaultStack, fault: str, size: Size, seed: int) -> Re
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         http = Http(session, target.url, record)
-        workload = Workload(http, size, seed)
+        workload = Workload(http, size, seed, Inbox(target.stack.mail_dir))
 
         def open_socket(user: User) -> None:
             recorder = SocketRecorder(target.url, user.id, user.token)

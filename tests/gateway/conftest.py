@@ -22,7 +22,7 @@ EXTRA_REDIS_DB = 6
 @pytest.fixture
 def api(http: aiohttp.ClientSession, stack: Stack) -> Api:
     """The shared session stack, through its gateway."""
-    return Api(http, stack.gateway_url)
+    return Api(http, stack.gateway_url, stack.inbox)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def extra_stack(request: pytest.FixtureRequest, redis_base_url: str) -> Iterator
 
 @pytest.fixture
 def extra_api(http: aiohttp.ClientSession, extra_stack: Stack) -> Api:
-    return Api(http, extra_stack.gateway_url)
+    return Api(http, extra_stack.gateway_url, extra_stack.inbox)
 
 
 @pytest.fixture

@@ -93,7 +93,12 @@ async def test_actual_responses_carry_cors_headers(api: Api, origin: str) -> Non
         "POST",
         "/api/auth/signup",
         headers=headers,
-        json={"name": "C", "email": unique_email(), "password": "password1", "role": "client"},
+        json={
+            "name": "C",
+            "email": unique_email(),
+            "password": "long enough pass 1",
+            "role": "client",
+        },
     )
     assert created.status == 201
     unauthorized = await api.call("GET", "/api/users", headers=headers)

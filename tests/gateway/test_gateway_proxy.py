@@ -61,13 +61,13 @@ async def test_auth_routes_reach_the_auth_service(api: Api) -> None:
     reply = await api.call(
         "POST",
         "/api/auth/signup/",
-        json={"name": "Route", "email": email, "password": "password1", "role": "client"},
+        json={"name": "Route", "email": email, "password": "long enough pass 1", "role": "client"},
     )
     assert reply.status == 201, reply.text
     token = reply.body["token"]
     me = await api.call("GET", "/api/auth/me", token=token)
     assert me.status == 200 and me.body["email"] == email
-    login = await api.login(email, "password1")
+    login = await api.login(email, "long enough pass 1")
     assert login.status == 200 and login.body["user"]["email"] == email
     refreshed = await api.call(
         "POST", "/api/auth/refresh", json={"refresh_token": login.body["refresh_token"]}

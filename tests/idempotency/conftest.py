@@ -19,7 +19,7 @@ from ..stack import Stack
 
 @pytest.fixture
 def api(http: aiohttp.ClientSession, stack: Stack) -> Api:
-    return Api(http, stack.gateway_url)
+    return Api(http, stack.gateway_url, stack.inbox)
 
 
 async def scalar(stack: Stack, service: str, sql: str, **params: Any) -> Any:

@@ -21,7 +21,7 @@ from .live_support import Sockets
 @pytest.fixture
 def api(http: aiohttp.ClientSession, stack: Stack) -> Api:
     """The shared session stack (SQLite and PostgreSQL), through its gateway."""
-    return Api(http, stack.gateway_url)
+    return Api(http, stack.gateway_url, stack.inbox)
 
 
 @pytest_asyncio.fixture
@@ -78,7 +78,7 @@ def live(live_stack: LiveStack) -> Iterator[LiveStack]:
 
 @pytest.fixture
 def live_api(http: aiohttp.ClientSession, live: LiveStack) -> Api:
-    return Api(http, live.url)
+    return Api(http, live.url, live.stack.inbox)
 
 
 @pytest_asyncio.fixture

@@ -141,5 +141,5 @@ async def test_appended_but_not_acknowledged_is_not_appended_again(
     await asyncio.to_thread(live.make_whole)
     assert await wait_caught_up(live_redis, group=GROUP, streams=STREAMS, within=20)
     assert await logged_event_ids(live_redis, user) == [str(event.event_id)]
-    log = await full_log(Api(http, live.url), user)
+    log = await full_log(Api(http, live.url, live.stack.inbox), user)
     assert [m["data"]["invite"]["id"] for m in log] == [1]

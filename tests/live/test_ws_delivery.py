@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from ..api import Account, Api, unique_email
+from ..mailbox import verify
 from ..stack import Stack
 from .live_support import (
     SETTLE,
@@ -110,11 +111,15 @@ async def test_invite_reject_and_removal_by_the_client(
     client_s = await sockets.open(url, client, label="client")
     other = await sockets.open(url, bystander, label="bystander")
 
-    # An invitation of an existing client reaches that client at once.
+    # An invitation of an existing (verified) client reaches that client at once; the
+    # professional sees the client only as the address typed until they accept.
+    me = {"id": client.id, "name": client.user["name"], "email": client.user["email"]}
+    typed = {"id": None, "name": None, "email": client.user["email"]}
     invited = await invite_client(api, pro, client.user["email"])
-    assert invited["client"]["id"] == client.id
+    assert invited["client"] == typed
     await client_s.wait_count(1)
     rejected = await answer_connection(api, client, invited["id"], "reject")
+    assert rejected["client"] == me
     await pro_s.wait_count(1)
     # Invited again, accepted by the client, then removed by the client: the professional
     # (the initiator, then the other party) is told both.
@@ -131,14 +136,14 @@ async def test_invite_reject_and_removal_by_the_client(
             client_s: (
                 client,
                 [
-                    ("connection.invited", {"connection": invited}),
-                    ("connection.invited", {"connection": again}),
+                    ("connection.invited", {"connection": {**invited, "client": me}}),
+                    ("connection.invited", {"connection": {**again, "client": me}}),
                 ],
             ),
             pro_s: (
                 pro,
                 [
-                    ("connection.rejected", {"connection": rejected}),
+                    ("connection.rejected", {"connection": {**rejected, "client": typed}}),
                     ("connection.accepted", {"connection": accepted}),
                     ("connection.removed", {"connection": removed}),
                 ],
@@ -148,7 +153,7 @@ async def test_invite_reject_and_removal_by_the_client(
     )
 
 
-async def test_email_invitation_notifies_once_the_client_signs_up(
+async def test_email_invitation_notifies_once_the_client_verifies(
     api: Api, stack: Stack, sockets: Sockets
 ) -> None:
     pro, bystander = await asyncio.gather(api.signup("professional"), api.signup("client"))
@@ -159,10 +164,13 @@ async def test_email_invitation_notifies_once_the_client_signs_up(
     invited = await invite_client(api, pro, email)
     assert invited["client"] == {"id": None, "name": None, "email": email}
 
-    newcomer = await api.signup("client", email=email)
-    # Right after sign-up; `since=0` replays from the start of the log, so a notification
-    # that was appended before this socket opened is not missed either.
+    newcomer = await api.signup("client", email=email, verified=False)
+    # Signed up but not verified: nothing yet, whoever signed up with the address.
     fresh = await sockets.open(url, newcomer, since="0", label="newcomer")
+    await asyncio.sleep(0.3)
+    assert fresh.messages == [] and await connections_of(api, newcomer) == []
+    # Verified (from the code mailed to the address): bound, and told at once.
+    await verify(api, api.inbox, newcomer)
     [message] = await fresh.wait_count(1, within=10)
     [bound] = await connections_of(api, newcomer)
     assert bound["id"] == invited["id"]

@@ -52,7 +52,7 @@ def replica_b(replica: Replica, live: LiveStack) -> Replica:
 async def test_a_user_on_both_replicas_gets_every_notification(
     live: LiveStack, replica_b: Replica, http: aiohttp.ClientSession, sockets: Sockets
 ) -> None:
-    via_a, via_b = Api(http, live.url), Api(http, replica_b.url)
+    via_a, via_b = Api(http, live.url, live.stack.inbox), Api(http, replica_b.url)
     pro, client = await asyncio.gather(via_a.signup("professional"), via_b.signup("client"))
     pro_a = await sockets.open(live.url, pro, label="pro@A")
     pro_b = await sockets.open(replica_b.url, pro, label="pro@B")
@@ -102,7 +102,7 @@ async def test_the_replica_without_the_lease_delivers(
 async def test_logout_closes_that_tokens_sockets_on_both_replicas(
     live: LiveStack, replica_b: Replica, http: aiohttp.ClientSession, sockets: Sockets
 ) -> None:
-    api = Api(http, live.url)
+    api = Api(http, live.url, live.stack.inbox)
     pro = await api.signup("professional")
     login = await api.login(pro.user["email"], pro.password)
     assert login.status == 200, login.text
