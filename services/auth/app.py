@@ -20,12 +20,13 @@ from services.common.service_app import (
     trusted_networks,
 )
 from services.common.tokens import RevocationList, TokenIssuer, load_private_key
-from services.common.web import redis_key
+from services.common.web import mfa_policy_key, redis_key
 
 from . import api, bus
 from .config import AuthSettings
 from .service import AuthContext, LoginLimiter, Passwords
 from .tables import IdempotencyKey, OutboxEvent
+from .totp import MfaKeys
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -42,6 +43,7 @@ def create_app(settings: AuthSettings | None = None) -> web.Application:
         )
         await passwords.start()
         key = load_private_key(settings.jwt_private_key, settings.private_key_path)
+        raw_key = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         redis = app[redis_key]
         app[api.ctx_key] = AuthContext(
             db=app[db_key],
@@ -61,6 +63,13 @@ def create_app(settings: AuthSettings | None = None) -> web.Application:
             revocations=RevocationList(redis),
             refresh_ttl=dt.timedelta(seconds=settings.refresh_ttl_seconds),
             catch_up=app[catch_up_key],
+            # TOTP secrets and recovery codes are keyed with the signing key too: a copy of
+            # the database alone reads neither (services/auth/totp.py).
+            mfa_keys=MfaKeys(raw_key),
+            redis=redis,
+            session_idle=dt.timedelta(seconds=settings.session_idle_seconds),
+            session_max=dt.timedelta(seconds=settings.session_max_seconds),
+            mfa_policy=app.get(mfa_policy_key),
         )
         yield
         passwords.close()

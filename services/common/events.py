@@ -53,6 +53,8 @@ class UserData(_Model):
     email: str
     role: Role
     created_at: Timestamp
+    # Added in version 3: false for events of before (and at sign-up).
+    mfa_enabled: bool = False
 
 
 class Party(_Model):
@@ -280,6 +282,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
             "email": "bob@example.com",
             "role": "client",
             "created_at": _T0,
+            "mfa_enabled": False,
         }
     },
     "connection.requested": {"connection": _CONNECTION},

@@ -26,6 +26,7 @@ from .db import Database
 from .events import Event
 from .health import CachedCheck, health_response, probe
 from .idempotency import Idempotency, IdempotencyMixin
+from .mfa import MfaPolicy
 from .migrations import WrongEncoding, upgrade
 from .openapi import Route, openapi_handler, register
 from .outbox import (
@@ -40,6 +41,7 @@ from .tokens import RevocationList, TokenVerifier, ensure_dev_keys, load_public_
 from .web import (
     base_app,
     configure_logging,
+    mfa_policy_key,
     redis_key,
     revocations_key,
     verifier_key,
@@ -111,6 +113,8 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[redis_key] = client
     if app[settings_key].check_revocation:
         app[revocations_key] = RevocationList(client)
+    if roles := app[settings_key].auth_require_mfa:
+        app[mfa_policy_key] = MfaPolicy(client, roles)
     yield
     await client.aclose()
 

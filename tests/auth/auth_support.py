@@ -1,16 +1,19 @@
-"""Helpers shared by the auth tests: validation-problem checks and bounded concurrency."""
+"""Helpers shared by the auth tests: validation-problem checks, bounded concurrency, MFA."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Iterable
 from typing import Any, TypeVar
 
-from ..api import Reply, assert_problem
+import pyotp
+
+from ..api import Account, Api, Reply, assert_problem
 
 T = TypeVar("T")
 
-USER_KEYS = {"id", "name", "email", "role", "created_at"}
+USER_KEYS = {"id", "name", "email", "role", "created_at", "mfa_enabled"}
 
 
 def assert_validation(reply: Reply, *fields: str, code: str = "validation_error") -> None:
@@ -65,3 +68,34 @@ async def gather_limited(coros: Iterable[Awaitable[T]], limit: int = 8) -> list[
             return await coro
 
     return await asyncio.gather(*(one(c) for c in coros))
+
+
+# --- MFA ------------------------------------------------------------------------------------
+
+
+def totp_code(secret: str, steps: int = 0) -> str:
+    """The TOTP of `secret` `steps` time steps from now (the server takes one either way)."""
+    return pyotp.TOTP(secret).at(time.time() + 30 * steps)
+
+
+def other_code(code: str) -> str:
+    """A six-digit code that is not `code`."""
+    return f"{(int(code) + 500_000) % 1_000_000:06d}"
+
+
+async def enable_mfa(api: Api, account: Account) -> tuple[str, list[str]]:
+    """Enrol and confirm through `api`: the secret and the recovery codes. It confirms
+    with the code of the step before, so the current step's code is still unused."""
+    enrolled = await api.call(
+        "POST", "/api/auth/mfa/totp", json={"password": account.password}, token=account.token
+    )
+    assert enrolled.status == 201, enrolled.text
+    secret = enrolled.body["secret"]
+    confirmed = await api.call(
+        "POST",
+        "/api/auth/mfa/totp/confirm",
+        json={"code": totp_code(secret, -1)},
+        token=account.token,
+    )
+    assert confirmed.status == 200, confirmed.text
+    return secret, confirmed.body["recovery_codes"]
