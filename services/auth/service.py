@@ -234,6 +234,7 @@ class Client:
 
 
 USER_AGENT_MAX = 256
+IP_MAX = 45  # the longest IPv6 text (with an embedded IPv4 address)
 
 
 def _bounded_agent(value: str | None) -> str | None:
@@ -283,7 +284,7 @@ def _start_session(
             created_at=now,
             last_used_at=now,
             user_agent=_bounded_agent(client.user_agent),
-            ip=client.ip,
+            ip=client.ip[:IP_MAX] if client.ip else None,
         )
     )
     row, access, refresh_token = _new_refresh(ctx, user, family_id, started=now)

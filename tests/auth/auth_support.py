@@ -73,9 +73,10 @@ async def gather_limited(coros: Iterable[Awaitable[T]], limit: int = 8) -> list[
 # --- MFA ------------------------------------------------------------------------------------
 
 
-def totp_code(secret: str, steps: int = 0) -> str:
-    """The TOTP of `secret` `steps` time steps from now (the server takes one either way)."""
-    return pyotp.TOTP(secret).at(time.time() + 30 * steps)
+def totp_code(secret: str) -> str:
+    """The TOTP of `secret` now: good for a confirmation (the server takes the current step
+    and one either way), but a login right after one wants `Authenticator.fresh`."""
+    return pyotp.TOTP(secret).now()
 
 
 def other_code(code: str) -> str:
@@ -83,19 +84,44 @@ def other_code(code: str) -> str:
     return f"{(int(code) + 500_000) % 1_000_000:06d}"
 
 
-async def enable_mfa(api: Api, account: Account) -> tuple[str, list[str]]:
-    """Enrol and confirm through `api`: the secret and the recovery codes. It confirms
-    with the code of the step before, so the current step's code is still unused."""
+class Authenticator:
+    """The test's authenticator app: codes of one secret, each of a newer time step than
+    the last it gave. The server takes a step once, never an older one, and one step of
+    drift either way: so a test does not depend on where in a 30 s step it runs (a code
+    of the step before "now" fails when the step ends on the way to the server)."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        self._totp = pyotp.TOTP(secret)
+        self.last: int | None = None  # the step of the last code given
+
+    @staticmethod
+    def current_step() -> int:
+        return int(time.time() // 30)
+
+    def code_of(self, step: int) -> str:
+        return self._totp.generate_otp(step)
+
+    def fresh(self) -> str:
+        """A code the server has not seen: of the current step, or of the next one when
+        the current step's is used (two per step at the most)."""
+        step = self.current_step()
+        if self.last is not None:
+            step = max(step, self.last + 1)
+        self.last = step
+        return self.code_of(step)
+
+
+async def enable_mfa(api: Api, account: Account) -> tuple[Authenticator, list[str]]:
+    """Enrol and confirm through `api`: the authenticator (its confirming code used) and
+    the recovery codes."""
     enrolled = await api.call(
         "POST", "/api/auth/mfa/totp", json={"password": account.password}, token=account.token
     )
     assert enrolled.status == 201, enrolled.text
-    secret = enrolled.body["secret"]
+    app = Authenticator(enrolled.body["secret"])
     confirmed = await api.call(
-        "POST",
-        "/api/auth/mfa/totp/confirm",
-        json={"code": totp_code(secret, -1)},
-        token=account.token,
+        "POST", "/api/auth/mfa/totp/confirm", json={"code": app.fresh()}, token=account.token
     )
     assert confirmed.status == 200, confirmed.text
-    return secret, confirmed.body["recovery_codes"]
+    return app, confirmed.body["recovery_codes"]

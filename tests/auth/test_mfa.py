@@ -1,7 +1,7 @@
 """TOTP MFA through the gateway: enrol, confirm, log in with a code, recovery codes, turn off.
 
 Codes are computed with pyotp from the secret the enrolment returned, at the real time
-(the in-process tests, test_accounts_use_cases.py, move a clock instead).
+(`Authenticator`; the in-process tests, test_accounts_use_cases.py, move a clock instead).
 """
 
 from __future__ import annotations
@@ -153,18 +153,20 @@ async def test_mfa_routes_need_a_token(api: Api, method: str, path: str) -> None
 
 async def test_login_with_mfa_on(api: Api) -> None:
     account = await api.signup()
-    secret, _ = await enable_mfa(api, account)
+    app, _ = await enable_mfa(api, account)
     assert_problem(await login(api, account), 401, "mfa_required")
-    assert_problem(await login(api, account, other_code(totp_code(secret))), 401, "invalid_code")
-    # The password first: a wrong one answers as for any account, whatever the code.
+    wrong = other_code(app.code_of(app.last + 1))
+    assert_problem(await login(api, account, wrong), 401, "invalid_code")
+    # The password first: a wrong one answers as for any account, whatever the code (and
+    # the code is not spent: it logs in next).
     plain = await api.signup()
     for reply in (
-        await login(api, account, totp_code(secret), password="wrong password"),
+        await login(api, account, app.code_of(app.last + 1), password="wrong password"),
         await login(api, account, password="wrong password"),
         await login(api, plain, password="wrong password"),
     ):
         assert_problem(reply, 401, "invalid_credentials")
-    body = assert_session(await login(api, account, totp_code(secret)), 200)
+    body = assert_session(await login(api, account, app.fresh()), 200)
     assert body["user"]["mfa_enabled"] is True
     me = await api.call("GET", "/api/auth/me", token=body["token"])
     assert me.status == 200 and me.body["id"] == account.id
@@ -172,13 +174,14 @@ async def test_login_with_mfa_on(api: Api) -> None:
 
 async def test_a_totp_code_logs_in_once(api: Api) -> None:
     account = await api.signup()
-    secret, _ = await enable_mfa(api, account)
-    code = totp_code(secret)
+    app, _ = await enable_mfa(api, account)
+    code = app.fresh()
     assert_session(await login(api, account, code), 200)
     assert_problem(await login(api, account, code), 401, "invalid_code")  # replayed
-    ahead = totp_code(secret, 1)  # the next step: within the drift allowed
-    assert_session(await login(api, account, ahead), 200)
-    assert_problem(await login(api, account, code), 401, "invalid_code")  # older than one used
+    # The confirming code's step is older than the one used: refused, though it may
+    # still be within the drift allowed.
+    older = app.code_of(app.last - 1)
+    assert_problem(await login(api, account, older), 401, "invalid_code")
 
 
 async def test_recovery_codes_each_log_in_once(api: Api) -> None:
@@ -197,11 +200,11 @@ async def test_an_otp_is_ignored_without_mfa(api: Api) -> None:
 
 async def test_wrong_codes_count_toward_the_login_throttle(api: Api) -> None:
     account = await api.signup()
-    secret, _ = await enable_mfa(api, account)
+    app, _ = await enable_mfa(api, account)
     assert_problem(await login(api, account), 401, "mfa_required")  # no failure
     for _ in range(5):
         assert_problem(await login(api, account, "zzzzz-zzzzz"), 401, "invalid_code")
-    throttled = await login(api, account, totp_code(secret))
+    throttled = await login(api, account, app.fresh())
     assert_problem(throttled, 429, "rate_limited")
     assert int(throttled.headers["Retry-After"]) > 0
 
@@ -211,14 +214,15 @@ async def test_wrong_codes_count_toward_the_login_throttle(api: Api) -> None:
 
 async def test_disable_with_a_totp_code(api: Api) -> None:
     account = await api.signup()
-    secret, _ = await enable_mfa(api, account)
-    assert_problem(await disable(api, account, other_code(totp_code(secret))), 400, "invalid_code")
-    reply = await disable(api, account, totp_code(secret))
+    app, _ = await enable_mfa(api, account)
+    wrong = other_code(app.code_of(app.last + 1))
+    assert_problem(await disable(api, account, wrong), 400, "invalid_code")
+    reply = await disable(api, account, app.fresh())
     assert reply.status == 204 and reply.text == ""
     me = await api.call("GET", "/api/auth/me", token=account.token)
     assert me.body["mfa_enabled"] is False
     assert_session(await login(api, account), 200)
-    assert_problem(await disable(api, account, totp_code(secret, 1)), 409, "mfa_not_enabled")
+    assert_problem(await disable(api, account, app.fresh()), 409, "mfa_not_enabled")
 
 
 async def test_disable_with_a_recovery_code_used_once(api: Api) -> None:

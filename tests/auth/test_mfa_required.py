@@ -9,7 +9,7 @@ import pytest
 from ..api import Account, Api, assert_problem
 from ..live.live_support import Sockets, handshake_status, sign_token, ws_url
 from ..stack import Stack
-from .auth_support import assert_session, enable_mfa, totp_code
+from .auth_support import assert_session, enable_mfa
 
 STACK_ENV = {"AUTH_REQUIRE_MFA": "professional"}
 
@@ -76,12 +76,12 @@ async def test_enrolling_lets_the_token_held_through_at_once(
 ) -> None:
     pro = await api.signup("professional")
     await assert_refused(http, module_stack, pro.token)
-    secret, _ = await enable_mfa(api, pro)
+    app, _ = await enable_mfa(api, pro)
     await assert_allowed(http, module_stack, pro.token)  # issued before: says MFA is off
     login = await api.call(
         "POST",
         "/api/auth/login",
-        json={"email": pro.user["email"], "password": pro.password, "otp": totp_code(secret)},
+        json={"email": pro.user["email"], "password": pro.password, "otp": app.fresh()},
     )
     await assert_allowed(http, module_stack, assert_session(login, 200)["token"])
 
@@ -90,11 +90,11 @@ async def test_turning_mfa_off_refuses_again(
     api: Api, http: aiohttp.ClientSession, module_stack: Stack, sockets: Sockets
 ) -> None:
     pro = await api.signup("professional")
-    secret, codes = await enable_mfa(api, pro)
+    app, codes = await enable_mfa(api, pro)
     login = await api.call(
         "POST",
         "/api/auth/login",
-        json={"email": pro.user["email"], "password": pro.password, "otp": totp_code(secret)},
+        json={"email": pro.user["email"], "password": pro.password, "otp": app.fresh()},
     )
     session = assert_session(login, 200)
     sock = await sockets.open(module_stack.gateway_url, session["token"])

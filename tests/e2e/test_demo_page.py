@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 import uuid
 from pathlib import Path
 
-import pyotp
 import pytest
 from playwright.async_api import BrowserContext, Page, async_playwright, expect
+
+from ..auth.auth_support import Authenticator
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -281,9 +281,8 @@ async def test_mfa_enrolment_login_with_a_code_and_ending_a_session(
             await a.wait_for_function(
                 "document.getElementById('mfa-qr').naturalWidth > 0", timeout=WAIT
             )
-            secret = (await a.get_by_test_id("mfa-secret").text_content()).strip()
-            totp = pyotp.TOTP(secret)
-            await a.get_by_test_id("mfa-confirm-code").fill(totp.at(time.time() - 30))
+            app = Authenticator((await a.get_by_test_id("mfa-secret").text_content()).strip())
+            await a.get_by_test_id("mfa-confirm-code").fill(app.fresh())
             await a.get_by_test_id("mfa-confirm-submit").click()
             await expect(a.get_by_test_id("mfa-recovery-code")).to_have_count(10, timeout=WAIT)
             await expect(a.get_by_test_id("mfa-status")).to_have_text("on")
@@ -295,7 +294,7 @@ async def test_mfa_enrolment_login_with_a_code_and_ending_a_session(
             await b.get_by_test_id("login-password").fill(PASSWORD)
             await b.get_by_test_id("login-submit").click()
             await expect(b.get_by_test_id("login-otp")).to_be_visible(timeout=WAIT)
-            await b.get_by_test_id("login-otp").fill(totp.now())
+            await b.get_by_test_id("login-otp").fill(app.fresh())
             await b.get_by_test_id("login-submit").click()
             await expect(b.get_by_test_id("whoami")).to_contain_text(email, timeout=WAIT)
             await expect(b.get_by_test_id("ws-state")).to_have_attribute(
