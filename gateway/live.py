@@ -13,7 +13,7 @@ from services.common.consumer import ReadBarrier
 from services.common.problems import Problem
 from services.common.web import authenticate, bearer_token, page, require_mfa, verify_token
 
-from .hub import CLOSE_REVOKED, Conn, Hub, entry_frame
+from .hub import CLOSE_REVOKED, SLOW_CLOSE_SECONDS, Conn, Hub, entry_frame
 from .notifier import LOG_MAXLEN, log_key
 from .proxy import positions_key
 
@@ -69,8 +69,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     expiry: asyncio.TimerHandle | None = None
     try:
         await ws.prepare(request)
-        if conn.deferred_close is not None:  # evicted by a newer socket meanwhile
-            conn.close_later(*conn.deferred_close)
+        if conn.deferred_close is not None:  # evicted (or revoked) before it was upgraded
+            code, reason = conn.deferred_close
+            await conn.close(code, reason, within=SLOW_CLOSE_SECONDS)
+            return ws
         # The socket lives as long as its token: the client reconnects with a fresh one
         # and `?since=`, so a socket never outlasts its token (nor the token's session).
         expiry = asyncio.get_running_loop().call_later(
