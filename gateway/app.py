@@ -244,7 +244,7 @@ async def live_ctx(app: web.Application) -> AsyncIterator[None]:
     """The socket hub, its listeners, and this replica's notifier (active when leader)."""
     settings: GatewaySettings = app[settings_key]
     redis = app[redis_key]
-    hub = Hub(redis)
+    hub = Hub(redis, max_per_user=settings.max_sockets_per_user)
     app[live.hub_key] = hub
     positions = app[positions_key]
     app[notifier_key] = Notifier(

@@ -23,3 +23,6 @@ class GatewaySettings(CommonSettings):
     # arrived, is closed after this many seconds (slow-header clients hold nothing long).
     keepalive_timeout_seconds: float = Field(20.0, gt=0)
     upstream_pool_size: int = 200
+    # Open sockets per user on this replica: a new one past the cap closes the oldest
+    # with 4008 (gateway/hub.py). Counted per replica, not across replicas.
+    max_sockets_per_user: int = Field(20, ge=1)

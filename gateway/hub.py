@@ -6,6 +6,10 @@ user through a bounded queue: the fan-out never awaits a socket, and a socket wh
 queue is full (a client that stopped reading) is closed with 1013. Pub/sub can drop
 messages while its connection is down, so after every reconnect each socket re-reads its
 own log after the last id it was sent: the log, not the signal, is the source of truth.
+
+A user holds at most `max_per_user` sockets on a replica (GATEWAY_MAX_SOCKETS_PER_USER):
+a new one closes their oldest with 4008. The cap is per replica: a user whose sockets a
+load balancer spreads over N replicas may hold up to N times as many.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256
 REPLAY_BATCH = 500
-CLOSE_REVOKED = 4001
+CLOSE_REVOKED = 4001  # revoked or expired token: reconnect with a fresh one
+CLOSE_TOO_MANY = 4008  # the user opened more sockets than the cap: this was the oldest
 REVOCATION_SWEEP_SECONDS = 2.0
 CLOSE_TIMEOUT_SECONDS = 1.0  # on shutdown
 SLOW_CLOSE_SECONDS = 5.0  # a slow or revoked client gets this long to read its close frame
@@ -56,6 +61,7 @@ class Conn:
 
     __slots__ = (
         "buffer",
+        "deferred_close",
         "hub",
         "identity",
         "last",
@@ -85,6 +91,8 @@ class Conn:
         self.buffer: list[tuple[tuple[int, int], str]] = []
         self.overflowed = False  # live entries were let go during the replay (see `offer`)
         self.sender: asyncio.Task[None] | None = None
+        # A close asked for before the upgrade was done (see `close_later`).
+        self.deferred_close: tuple[int, str] | None = None
 
     def offer(self, entry_id: str, text: str) -> None:
         key = id_tuple(entry_id)
@@ -114,6 +122,10 @@ class Conn:
 
     def close_later(self, code: int, reason: str) -> None:
         """Close from sync code (the fan-out), without awaiting this socket."""
+        if not self.ws.prepared:
+            # No close frame before the 101: the handler closes it once upgraded.
+            self.deferred_close = (code, reason)
+            return
         if not self.ws.closed:
             task = asyncio.get_running_loop().create_task(
                 self.close(code, reason, within=SLOW_CLOSE_SECONDS)
@@ -141,21 +153,29 @@ class Conn:
 class Hub:
     """Sockets by user on this replica, plus the listeners that feed them."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, max_per_user: int | None = None) -> None:
         self.redis = redis
-        self.by_user: dict[int, set[Conn]] = defaultdict(set)
+        self.max_per_user = max_per_user
+        # Per user, their sockets in the order they opened (a dict keeps it).
+        self.by_user: dict[int, dict[Conn, None]] = defaultdict(dict)
         self.connected = False
         self.sent = 0
         self.closing: set[asyncio.Task[None]] = set()
         self._errors = ErrorOnce(log, "socket hub")
 
     def add(self, conn: Conn) -> None:
-        self.by_user[conn.identity.user_id].add(conn)
+        conns = self.by_user[conn.identity.user_id]
+        while self.max_per_user is not None and len(conns) >= self.max_per_user:
+            # Out of the fan-out at once; its handler discards it again when it closes.
+            oldest = next(iter(conns))
+            del conns[oldest]
+            oldest.close_later(CLOSE_TOO_MANY, "too many sockets")
+        conns[conn] = None
 
     def discard(self, conn: Conn) -> None:
         conns = self.by_user.get(conn.identity.user_id)
         if conns is not None:
-            conns.discard(conn)
+            conns.pop(conn, None)
             if not conns:
                 del self.by_user[conn.identity.user_id]
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 
 from aiohttp import WSMsgType, web
 
 from services.common.consumer import ReadBarrier
 from services.common.problems import Problem
-from services.common.web import authenticate, bearer_token, page, verify_token
+from services.common.web import authenticate, bearer_token, page, require_mfa, verify_token
 
-from .hub import Conn, Hub, entry_frame
+from .hub import CLOSE_REVOKED, SLOW_CLOSE_SECONDS, Conn, Hub, entry_frame
 from .notifier import LOG_MAXLEN, log_key
 from .proxy import positions_key
 
@@ -55,6 +56,7 @@ def _ws_credentials(request: web.Request) -> tuple[str | None, bool]:
 async def websocket(request: web.Request) -> web.StreamResponse:
     token, via_protocol = _ws_credentials(request)
     identity = await verify_token(request.app, token)  # a bad token is a 401 before upgrading
+    await require_mfa(request, identity)
     since = _since(request)
     hub = request.app[hub_key]
     ws = web.WebSocketResponse(
@@ -64,14 +66,29 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     )
     conn = Conn(ws, identity, hub, request.transport)
     hub.add(conn)  # before the upgrade: entries arriving from now on are buffered, not lost
+    expiry: asyncio.TimerHandle | None = None
     try:
         await ws.prepare(request)
+        if conn.deferred_close is not None:  # evicted (or revoked) before it was upgraded
+            code, reason = conn.deferred_close
+            await conn.close(code, reason, within=SLOW_CLOSE_SECONDS)
+            return ws
+        # The socket lives as long as its token: the client reconnects with a fresh one
+        # and `?since=`, so a socket never outlasts its token (nor the token's session).
+        expiry = asyncio.get_running_loop().call_later(
+            max(0.0, identity.expires_at - time.time()),
+            conn.close_later,
+            CLOSE_REVOKED,
+            "token expired",
+        )
         await hub.replay(conn, since)
         conn.sender = asyncio.create_task(conn.send_loop())
         async for message in ws:  # reading notices the client's close; the client says nothing
             if message.type == WSMsgType.ERROR:
                 break
     finally:
+        if expiry is not None:
+            expiry.cancel()
         hub.discard(conn)
         if conn.sender is not None:
             conn.sender.cancel()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -10,9 +10,11 @@ import aiohttp
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+from sqlalchemy.engine import make_url
 
 from .infra import RedisServer, postgres_url, redis_url
-from .stack import Stack, with_redis_db
+from .live.live_support import Sockets
+from .stack import Stack, _admin, create_database_sql, own_stack, with_redis_db
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -36,20 +38,31 @@ def backend(request: pytest.FixtureRequest, pg_url: str | None) -> str:
     return request.param
 
 
+@pytest_asyncio.fixture
+async def fresh_url(backend: str, pg_url: str | None, tmp_path: Path) -> AsyncIterator[str]:
+    """The URL of an empty database of this test's own, on the `backend` under test."""
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+        return
+    assert pg_url
+    name = f"hc_t_{uuid.uuid4().hex[:12]}"
+    await _admin(pg_url, [create_database_sql(name)])
+    try:
+        yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        await _admin(pg_url, [f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'])
+
+
 @pytest.fixture(scope="session")
 def stack(backend: str, redis_base_url: str, pg_url: str | None) -> Iterator[Stack]:
     """The system on `backend`, with a Redis database of its own (flushed first)."""
-    import redis
-
-    url = with_redis_db(redis_base_url, 1 if backend == "sqlite" else 2)
-    redis.Redis.from_url(url).flushdb()
-    with tempfile.TemporaryDirectory(prefix=f"hc-stack-{backend}-") as tmp:
-        system = Stack(backend=backend, root=Path(tmp), redis_url=url, postgres_url=pg_url)
-        try:
-            system.start()
-            yield system
-        finally:
-            system.stop()
+    with own_stack(
+        backend=backend,
+        redis_url=with_redis_db(redis_base_url, 1 if backend == "sqlite" else 2),
+        postgres_url=pg_url,
+        prefix=f"hc-stack-{backend}-",
+    ) as system:
+        yield system
 
 
 @pytest.fixture
@@ -62,6 +75,14 @@ def inbox(stack: Stack):
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest_asyncio.fixture
+async def sockets(http: aiohttp.ClientSession) -> AsyncIterator[Sockets]:
+    """WebSockets a test opens, closed at its end (tests/live/live_support.py)."""
+    pool = Sockets(http)
+    yield pool
+    await pool.close_all()
 
 
 @pytest_asyncio.fixture

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -241,3 +244,34 @@ class Stack:
         for name in list(self.procs):
             self.stop_process(name)
         self.drop_databases()
+
+
+@contextlib.contextmanager
+def own_stack(
+    *,
+    backend: str,
+    redis_url: str,
+    prefix: str,
+    postgres_url: str | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[Stack]:
+    """A started stack in a temporary folder, on a Redis database of its own (flushed
+    first), stopped at the end."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    client.close()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        system = Stack(
+            backend=backend,
+            root=Path(tmp),
+            redis_url=redis_url,
+            postgres_url=postgres_url,
+            extra_env=extra_env,
+        )
+        try:
+            system.start()
+            yield system
+        finally:
+            system.stop()

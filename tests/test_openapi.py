@@ -122,6 +122,8 @@ def _possible(route: Route, errors: dict) -> set[int]:
         possible |= {401}
     if route.role:
         possible |= {403}
+    if route.auth and not route.path.startswith("/api/auth/"):
+        possible |= {403}  # AUTH_REQUIRE_MFA: mfa_enrollment_required
     if route.body is not None:
         possible |= {400, 413, 415}
     if route.query:

@@ -55,9 +55,10 @@
   // ---------------------------------------------------------------- REST
 
   class ApiError extends Error {
-    constructor(status, message) {
+    constructor(status, message, code) {
       super(message);
       this.status = status;
+      this.code = code; // the problem's stable `code`, e.g. "mfa_required"
     }
   }
 
@@ -108,7 +109,7 @@
     }
     if (!resp.ok) {
       const detail = data && (data.detail || data.title);
-      throw new ApiError(resp.status, detail || `${resp.status} ${resp.statusText}`);
+      throw new ApiError(resp.status, detail || `${resp.status} ${resp.statusText}`, data && data.code);
     }
     return data;
   }
@@ -159,6 +160,10 @@
         ...list.map((p) => el("option", { value: p.id, text: `${p.name} (${p.email})` })),
       );
       select.value = list.some((p) => String(p.id) === previous) ? previous : "";
+    },
+    async sessions() {
+      const list = await latest("sessions", "/api/auth/sessions?limit=200");
+      if (list) renderSessions(list);
     },
   };
 
@@ -294,6 +299,91 @@
       actions,
     );
   }
+
+  // ---------------------------------------------------------------- account: MFA and sessions
+
+  function renderSecurity() {
+    const on = Boolean(user.mfa_enabled);
+    const status = $("mfa-status");
+    status.textContent = on ? "on" : "off";
+    status.className = `badge ${on ? "accepted" : "pending"}`;
+    $("mfa-enrol-form").hidden = on;
+    $("mfa-disable-form").hidden = !on;
+    if (on) $("mfa-setup").hidden = true;
+  }
+
+  function setMfa(on) {
+    user = { ...user, mfa_enabled: on };
+    store.setItem(KEY.user, JSON.stringify(user));
+    renderSecurity();
+  }
+
+  function clearAccount() {
+    $("mfa-setup").hidden = true;
+    $("mfa-recovery").hidden = true;
+    $("mfa-qr").removeAttribute("src");
+    ["mfa-secret", "mfa-recovery-codes", "sessions"].forEach((id) => $(id).replaceChildren());
+  }
+
+  function renderSessions(list) {
+    const items = list.map((s) => {
+      const end = (ev) =>
+        act(ev.target, async () => {
+          await api("DELETE", `/api/auth/sessions/${encodeURIComponent(s.id)}`);
+          if (s.current) endSession(); // that was this page's own session
+        }, "sessions");
+      return el(
+        "li",
+        { "data-testid": "session", "data-id": s.id, "data-current": s.current ? "true" : "false" },
+        el("span", { class: "name", text: s.user_agent || "Unknown device" }),
+        s.current ? el("span", { class: "badge accepted", "data-testid": "session-current", text: "this session" }) : null,
+        el("div", { class: "muted", text: `${s.ip || "unknown address"} · signed in ${when(s.created_at)} · last active ${when(s.last_used_at)}` }),
+        el("span", { class: "actions" }, button(s.current ? "Log out here" : "End", "session-end", `session-end-${s.id}`, end)),
+      );
+    });
+    $("sessions").replaceChildren(...(items.length ? items : [empty("No sessions.")]));
+  }
+
+  $("sessions-reload").addEventListener("click", () => reload("sessions"));
+
+  $("mfa-enrol-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const password = $("mfa-enrol-password").value;
+    act($("mfa-enrol-submit"), async () => {
+      const enrolment = await api("POST", "/api/auth/mfa/totp", { password });
+      ev.target.reset();
+      $("mfa-qr").src = enrolment.qr_code; // an SVG in a data: URI, rendered by the server
+      $("mfa-secret").textContent = enrolment.secret;
+      $("mfa-recovery").hidden = true;
+      $("mfa-setup").hidden = false;
+      $("mfa-confirm-code").focus();
+    });
+  });
+
+  $("mfa-confirm-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const code = $("mfa-confirm-code").value.trim();
+    act($("mfa-confirm-submit"), async () => {
+      const { recovery_codes: codes } = await api("POST", "/api/auth/mfa/totp/confirm", { code });
+      ev.target.reset();
+      $("mfa-qr").removeAttribute("src");
+      $("mfa-secret").replaceChildren();
+      $("mfa-recovery-codes").replaceChildren(...codes.map((c) => el("li", { "data-testid": "mfa-recovery-code", text: c })));
+      $("mfa-recovery").hidden = false;
+      setMfa(true);
+    });
+  });
+
+  $("mfa-disable-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const code = $("mfa-disable-code").value.trim();
+    act($("mfa-disable-submit"), async () => {
+      await api("DELETE", "/api/auth/mfa/totp", { code });
+      ev.target.reset();
+      $("mfa-recovery").hidden = true;
+      setMfa(false);
+    });
+  });
 
   // ---------------------------------------------------------------- live notifications
 
@@ -471,6 +561,7 @@
     ["connections", "activities", "feed", "request-pro"].forEach((id) => $(id).replaceChildren());
     $("mailbox-filter").value = "";
     loadMailbox();
+    clearAccount();
   }
 
   function startApp() {
@@ -485,7 +576,8 @@
     $("feed").replaceChildren(empty("Nothing yet: notifications appear here as they happen."));
     connections = [];
     activities = [];
-    reload("connections", "activities", "professionals");
+    renderSecurity();
+    reload("connections", "activities", "professionals", "sessions");
     connect();
   }
 
@@ -508,9 +600,31 @@
     signIn("/api/auth/signup", body, ev.target);
   });
 
-  $("login-form").addEventListener("submit", (ev) => {
+  $("login-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    signIn("/api/auth/login", { email: $("login-email").value, password: $("login-password").value }, ev.target);
+    const body = { email: $("login-email").value, password: $("login-password").value };
+    const otp = $("login-otp").value.trim();
+    if (!$("login-otp-row").hidden && otp) body.otp = otp;
+    clearError();
+    $("login-submit").disabled = true;
+    try {
+      saveSession(await api("POST", "/api/auth/login", body));
+    } catch (err) {
+      if (err.code === "mfa_required") {
+        // The password was right: ask for the second factor and send both again.
+        $("login-otp-row").hidden = false;
+        $("login-otp").focus();
+        showError(new Error("This account has two-factor authentication: enter the code from your authenticator app, or a recovery code."));
+      } else {
+        showError(err);
+      }
+      return;
+    } finally {
+      $("login-submit").disabled = false;
+    }
+    ev.target.reset();
+    $("login-otp-row").hidden = true;
+    startApp();
   });
 
   $("logout").addEventListener("click", async (ev) => {

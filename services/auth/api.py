@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, StringConstraints, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, StringConstraints, TypeAdapter, ValidationError
 
 from services.common.events import UserData
 from services.common.openapi import PAGE_PARAMS, Route
@@ -21,11 +22,12 @@ from services.common.web import (
 )
 
 from . import service
-from .service import AuthContext, Session, user_data
+from .service import AuthContext, Client, user_data
 
 ctx_key = web.AppKey("auth_ctx", AuthContext)
 trusted_key = web.AppKey("trusted_proxies", list)
 
+WRONG_CODE = "The code is not a current code of the authenticator app nor an unused recovery code."
 ERRORS: DomainErrors = {
     service.EmailTaken: (409, "email_taken", "An account with this email already exists."),
     service.InvalidCredentials: (401, "invalid_credentials", "Wrong email or password."),
@@ -44,7 +46,27 @@ ERRORS: DomainErrors = {
         "This code or link is unknown, expired or already used.",
     ),
     service.AlreadyVerified: (409, "already_verified", "Your address is already verified."),
-    service.WrongPassword: (403, "invalid_credentials", "The current password is wrong."),
+    service.WrongPassword: (403, "invalid_credentials", "Wrong password."),
+    service.MfaRequired: (
+        401,
+        "mfa_required",
+        "This account has multi-factor authentication on: send `otp` too (a code of the "
+        "authenticator app, or a recovery code).",
+    ),
+    service.InvalidLoginCode: (401, "invalid_code", WRONG_CODE),
+    service.InvalidCode: (400, "invalid_code", WRONG_CODE),
+    service.MfaAlreadyEnabled: (
+        409,
+        "mfa_already_enabled",
+        "Multi-factor authentication is already on.",
+    ),
+    service.MfaNotEnabled: (409, "mfa_not_enabled", "Multi-factor authentication is not on."),
+    service.SessionNotFound: (404, "session_not_found", "No such session of yours."),
+    service.SessionExpired: (
+        401,
+        "session_expired",
+        "The session has ended (idle too long, or past its lifetime): log in again.",
+    ),
 }
 
 
@@ -75,9 +97,17 @@ def login_email(raw: str) -> str:
 LoginEmail = text(1, 320)
 
 
+AnyPassword = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+# A TOTP code (6 digits) or a recovery code (10 characters); spaces and dashes are ignored.
+Code = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
 class LoginBody(RequestModel):
     email: LoginEmail
-    password: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    password: AnyPassword
+    otp: Code | None = Field(
+        None, description="For an account with MFA on: a TOTP code or an unused recovery code"
+    )
 
 
 class RefreshBody(RequestModel):
@@ -97,14 +127,14 @@ class SessionOut(BaseModel):
     token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - a scheme name, not a secret
 
 
-def _session_json(session: Session, status: int) -> web.Response:
+def _session_json(session: service.Session, status: int) -> web.Response:
     return json_response(session_reply(session), status=status)
 
 
 def session_reply(result: object) -> SessionOut | None:
     """What signup, login and refresh answer for their unit of work's result (refresh's is
     the reused token's row when it detects reuse: that request fails, nothing to record)."""
-    if not isinstance(result, Session):
+    if not isinstance(result, service.Session):
         return None
     return SessionOut(
         user=user_data(result.user), token=result.access_token, refresh_token=result.refresh_token
@@ -130,6 +160,11 @@ def client_ip(request: web.Request) -> str:
         return peer
 
 
+def client_of(request: web.Request) -> Client:
+    """Where the request comes from, as a session records it."""
+    return Client(ip=client_ip(request), user_agent=request.headers.get("User-Agent"))
+
+
 async def signup(request: web.Request) -> web.Response:
     body = await read_json(request, SignupBody)
     session = await service.signup(
@@ -138,18 +173,21 @@ async def signup(request: web.Request) -> web.Response:
         email=body.email.lower(),
         password=body.password,
         role=body.role,
-        client_ip=client_ip(request),
+        client=client_of(request),
     )
     return _session_json(session, 201)
 
 
 async def login(request: web.Request) -> web.Response:
     body = await read_json(request, LoginBody)
+    client = client_of(request)
     session = await service.login(
         request.app[ctx_key],
         email=login_email(body.email),
         password=body.password,
-        client_ip=client_ip(request),
+        otp=body.otp,
+        client_ip=client.ip or "unknown",
+        client=client,
     )
     return _session_json(session, 200)
 
@@ -260,6 +298,116 @@ class EmptyBody(RequestModel):
     """No fields (any sent are ignored)."""
 
 
+# --- sessions ---------------------------------------------------------------------------
+
+SESSION_ID = re.compile(r"[0-9a-f]{32}")
+SESSION_ID_SCHEMA = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+
+
+class Session(BaseModel):
+    """One of the caller's live sessions (a login, and the refreshes since)."""
+
+    id: str
+    created_at: str
+    last_used_at: str = Field(description="The login, or the latest refresh")
+    user_agent: str | None
+    ip: str | None
+    current: bool = Field(description="The session of the token that asks")
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    identity = await authenticate(request)
+    limit, offset = page(request)
+    sessions = await service.list_sessions(
+        request.app[ctx_key], identity=identity, limit=limit, offset=offset
+    )
+    return json_response(sessions)
+
+
+async def end_session(request: web.Request) -> web.Response:
+    identity = await authenticate(request)
+    session_id = request.match_info.get("id", "")
+    if not SESSION_ID.fullmatch(session_id):
+        raise service.SessionNotFound(session_id)
+    await service.end_session(request.app[ctx_key], identity=identity, session_id=session_id)
+    return web.Response(status=204)
+
+
+# --- MFA ----------------------------------------------------------------------------------
+
+
+class EnrolBody(RequestModel):
+    password: AnyPassword
+
+
+class CodeBody(RequestModel):
+    code: Code
+
+
+class EnrolmentOut(BaseModel):
+    """A TOTP secret, not active until a code of it is confirmed."""
+
+    secret: str = Field(description="Base32, for typing into an authenticator app")
+    otpauth_uri: str
+    qr_code: str = Field(description="The otpauth URI as a QR code: an SVG image in a data: URI")
+
+
+class RecoveryCodesOut(BaseModel):
+    recovery_codes: list[str] = Field(description="10 single-use codes, shown this once")
+
+
+class NoContent(BaseModel):
+    """The recorded answer of a 204 (an empty body)."""
+
+
+def enrolment_reply(result: object) -> EnrolmentOut | None:
+    if not isinstance(result, service.Enrolment):
+        return None
+    return EnrolmentOut(
+        secret=result.secret, otpauth_uri=result.otpauth_uri, qr_code=result.qr_code
+    )
+
+
+def recovery_codes_reply(result: object) -> RecoveryCodesOut | None:
+    if not isinstance(result, service.RecoveryCodes):
+        return None
+    return RecoveryCodesOut(recovery_codes=result.codes)
+
+
+def mfa_off_reply(result: object) -> NoContent | None:
+    """Only the unit of work that turns MFA off answers (the one that checks the code
+    first does not: a wrong code must leave nothing to replay)."""
+    return NoContent() if isinstance(result, service.MfaTurnedOff) else None
+
+
+async def enrol_totp(request: web.Request) -> web.Response:
+    identity = await authenticate(request)
+    body = await read_json(request, EnrolBody)
+    enrolment = await service.enrol_totp(
+        request.app[ctx_key],
+        identity=identity,
+        password=body.password,
+        client_ip=client_ip(request),
+    )
+    return json_response(enrolment_reply(enrolment), status=201)
+
+
+async def confirm_totp(request: web.Request) -> web.Response:
+    identity = await authenticate(request)
+    body = await read_json(request, CodeBody)
+    codes = await service.confirm_totp(request.app[ctx_key], identity=identity, code=body.code)
+    return json_response(recovery_codes_reply(codes))
+
+
+async def disable_totp(request: web.Request) -> web.Response:
+    identity = await authenticate(request)
+    body = await read_json(request, CodeBody)
+    await service.disable_totp(
+        request.app[ctx_key], identity=identity, code=body.code, client_ip=client_ip(request)
+    )
+    return web.Response(status=204)
+
+
 ROLE_QUERY = {
     "name": "role",
     "in": "query",
@@ -271,14 +419,35 @@ ROUTES = [
           response=SessionOut, auth=False, raises=[service.EmailTaken, service.TooManyRequests],
           reply=session_reply),
     Route("POST", "/api/auth/login", login, "Log in", body=LoginBody, response=SessionOut,
-          auth=False, raises=[service.InvalidCredentials, service.RateLimited],
+          auth=False, raises=[service.InvalidCredentials, service.RateLimited,
+                              service.MfaRequired, service.InvalidLoginCode],
           reply=session_reply),
     Route("POST", "/api/auth/refresh", refresh, "Rotate a refresh token", body=RefreshBody,
-          response=SessionOut, auth=False, raises=[service.InvalidRefreshToken],
-          reply=session_reply),
+          response=SessionOut, auth=False,
+          raises=[service.InvalidRefreshToken, service.SessionExpired], reply=session_reply),
     Route("POST", "/api/auth/logout", logout, "Log out", status=204, body=LogoutBody),
     Route("GET", "/api/auth/me", me, "The caller", response=UserData,
           raises=[service.UserNotFound]),
+    Route("GET", "/api/auth/sessions", list_sessions, "The caller's live sessions, newest first",
+          response=Session, many=True, query=PAGE_PARAMS),
+    Route("DELETE", "/api/auth/sessions/{id}", end_session,
+          "End one of the caller's sessions (its tokens stop working, its sockets close)",
+          status=204, raises=[service.SessionNotFound], id_schema=SESSION_ID_SCHEMA),
+    Route("POST", "/api/auth/mfa/totp", enrol_totp,
+          "Start TOTP enrolment (not active until confirmed)", status=201, body=EnrolBody,
+          response=EnrolmentOut,
+          raises=[service.WrongPassword, service.MfaAlreadyEnabled, service.RateLimited,
+                  service.UserNotFound],
+          reply=enrolment_reply, secret=True),
+    Route("POST", "/api/auth/mfa/totp/confirm", confirm_totp,
+          "Confirm TOTP enrolment with a code: MFA is on", body=CodeBody,
+          response=RecoveryCodesOut, raises=[service.InvalidCode, service.MfaAlreadyEnabled],
+          reply=recovery_codes_reply, secret=True),
+    Route("DELETE", "/api/auth/mfa/totp", disable_totp,
+          "Turn MFA off with a TOTP code or a recovery code", status=204, body=CodeBody,
+          raises=[service.InvalidCode, service.MfaNotEnabled, service.RateLimited,
+                  service.UserNotFound],
+          reply=mfa_off_reply, secret=True),
     Route("GET", "/api/users", list_users, "The users directory", response=UserData, many=True,
           query=[ROLE_QUERY, *PAGE_PARAMS]),
     # Version 3 (mail).
@@ -298,5 +467,6 @@ ROUTES = [
     Route("POST", "/api/auth/password", change_password,
           "Change the password; every other session ends", status=204,
           body=PasswordChangeBody,
-          raises=[service.WrongPassword, service.RateLimited, service.UserNotFound]),
+          raises=[service.WrongPassword, service.RateLimited, service.UserNotFound],
+          secret=True),
 ]  # fmt: skip

@@ -21,7 +21,7 @@ from services.common.service_app import (
     trusted_networks,
 )
 from services.common.tokens import RevocationList, TokenIssuer, load_private_key
-from services.common.web import redis_key
+from services.common.web import mfa_policy_key, redis_key
 
 from . import api, bus
 from .config import AuthSettings
@@ -35,6 +35,7 @@ from .service import (
     purge_email_tokens_forever,
 )
 from .tables import IdempotencyKey, MailOutbox, OutboxEvent
+from .totp import MfaKeys
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -51,6 +52,7 @@ def create_app(settings: AuthSettings | None = None) -> web.Application:
         )
         await passwords.start()
         key = load_private_key(settings.jwt_private_key, settings.private_key_path)
+        raw_key = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         redis = app[redis_key]
 
         def throttle(name: str, per_email: int, per_ip: int) -> Throttle:
@@ -100,6 +102,13 @@ def create_app(settings: AuthSettings | None = None) -> web.Application:
                 verify_ttl=dt.timedelta(seconds=settings.verify_ttl_seconds),
                 reset_ttl=dt.timedelta(seconds=settings.reset_ttl_seconds),
             ),
+            # TOTP secrets and recovery codes are keyed with the signing key too: a copy of
+            # the database alone reads neither (services/auth/totp.py).
+            mfa_keys=MfaKeys(raw_key),
+            redis=redis,
+            session_idle=dt.timedelta(seconds=settings.session_idle_seconds),
+            session_max=dt.timedelta(seconds=settings.session_max_seconds),
+            mfa_policy=app.get(mfa_policy_key),
         )
         app[api.ctx_key] = ctx
         async with background(purge_email_tokens_forever(ctx), "auth-email-token-purge"):

@@ -20,6 +20,10 @@ class AuthSettings(ServiceSettings):
     jwt_private_key_file: Path | None = Field(None, validation_alias="JWT_PRIVATE_KEY_FILE")
     access_ttl_seconds: int = 15 * 60
     refresh_ttl_seconds: int = 30 * 24 * 3600
+    # A session (a refresh-token family) ends after this long without a refresh, and this
+    # long after its login whatever happens; enforced at refresh (401 session_expired).
+    session_idle_seconds: int = Field(30 * 60, gt=0)
+    session_max_seconds: int = Field(12 * 3600, gt=0)
 
     # Login throttling: failures per email and per client address in a sliding window.
     login_max_failures_per_email: int = 5

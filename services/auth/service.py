@@ -1,4 +1,5 @@
-"""Auth use cases: accounts, sessions, verified addresses, passwords, the directory. No HTTP."""
+"""Auth use cases: accounts, sessions, MFA, verified addresses, passwords, the users
+directory. No HTTP here."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import sqlalchemy.exc
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from redis.asyncio import Redis
-from sqlalchemy import Select, bindparam, delete, func, or_, orm, select, update
+from sqlalchemy import Select, bindparam, delete, func, insert, or_, orm, select, update
 
 from services.common.consumer import CatchUp, CopyBehind
 from services.common.db import Database, utcnow
@@ -32,11 +33,21 @@ from services.common.events import (
     format_timestamp,
 )
 from services.common.mail import Mail, link, render, stage_mail
+from services.common.mfa import MfaPolicy, enrolled_key
 from services.common.outbox import stage
 from services.common.tasks import ErrorOnce
 from services.common.tokens import Identity, RevocationList, TokenIssuer, new_opaque_token
 
-from .tables import ClientLink, EmailToken, RefreshToken, User
+from . import totp
+from .tables import (
+    AuthSession,
+    ClientLink,
+    EmailToken,
+    MfaTotp,
+    RecoveryCode,
+    RefreshToken,
+    User,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +70,39 @@ class InvalidRefreshToken(AuthError):
 
 class UserNotFound(AuthError):
     pass
+
+
+class WrongPassword(AuthError):
+    """The signed-in user's own password, given to confirm a change, is wrong."""
+
+
+class MfaRequired(AuthError):
+    """Right password, but the account has MFA on and no code came with it."""
+
+
+class InvalidCode(AuthError):
+    """Not a current TOTP code of the account, nor one of its unused recovery codes."""
+
+
+class InvalidLoginCode(AuthError):
+    """A login's `otp` is not a current TOTP code nor an unused recovery code (a 401 there,
+    where `InvalidCode` is a 400 for the signed-in user's own MFA changes)."""
+
+
+class MfaAlreadyEnabled(AuthError):
+    pass
+
+
+class MfaNotEnabled(AuthError):
+    pass
+
+
+class SessionNotFound(AuthError):
+    """No live session of the caller's has this id."""
+
+
+class SessionExpired(AuthError):
+    """Idle too long, or past its maximum lifetime: the refresh ended the session."""
 
 
 class RateLimited(AuthError):
@@ -245,6 +289,18 @@ class AuthContext:
     catch_up: CatchUp
     # Version 3 (mail): links, lifetimes and throttles of the mail-sending use cases.
     accounts: AccountMail
+    mfa_keys: totp.MfaKeys
+    redis: Redis
+    # A session ends after this long without a refresh, and this long after its login.
+    session_idle: dt.timedelta = dt.timedelta(minutes=30)
+    session_max: dt.timedelta = dt.timedelta(hours=12)
+    # AUTH_REQUIRE_MFA: None when it names no role (services/common/mfa.py).
+    mfa_policy: MfaPolicy | None = None
+    # Seconds since the epoch: sessions' times and TOTP steps (tests move it).
+    clock: Callable[[], float] = time.time
+
+    def now(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.clock(), dt.UTC)
 
 
 @dataclass(slots=True)
@@ -279,42 +335,106 @@ def user_data(user: User) -> UserData:
         role=user.role,
         created_at=user.created_at,
         email_verified=bool(user.email_verified),
+        mfa_enabled=bool(user.mfa_enabled),
     )
 
 
-def _new_refresh(ctx: AuthContext, user: User, family_id: str) -> tuple[RefreshToken, str, str]:
-    access, claims = ctx.issuer.issue(user_id=user.id, role=user.role, session_id=family_id)
+@dataclass(frozen=True, slots=True)
+class Client:
+    """Where a login comes from, as the user sees it in their list of sessions."""
+
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+USER_AGENT_MAX = 256
+IP_MAX = 45  # the longest IPv6 text (with an embedded IPv4 address)
+
+
+def _bounded_agent(value: str | None) -> str | None:
+    """At most 256 characters of printable text: a header may carry anything else."""
+    if not value:
+        return None
+    text = value.encode("utf-8", "replace").decode("utf-8")  # lone surrogates from bytes
+    text = "".join(ch if ch.isprintable() else " " for ch in text[:USER_AGENT_MAX]).strip()
+    return text or None
+
+
+def _new_refresh(
+    ctx: AuthContext, user: User, family_id: str, *, started: dt.datetime
+) -> tuple[RefreshToken, str, str]:
+    """A new pair of the session `family_id`, begun at `started`: neither token outlives
+    the session's maximum lifetime."""
+    ends = started + ctx.session_max
+    access, claims = ctx.issuer.issue(
+        user_id=user.id,
+        role=user.role,
+        session_id=family_id,
+        mfa=bool(user.mfa_enabled),
+        not_after=ends,
+    )
     token = new_opaque_token()
     row = RefreshToken(
         user_id=user.id,
         family_id=family_id,
         token_hash=_hash_token(token),
-        expires_at=utcnow() + ctx.refresh_ttl,
+        expires_at=min(ctx.now() + ctx.refresh_ttl, ends),
         access_jti=claims["jti"],
         access_expires_at=dt.datetime.fromtimestamp(claims["exp"], dt.UTC),
     )
     return row, access, token
 
 
+def _start_session(
+    ctx: AuthContext, session: orm.Session, user: User, client: Client
+) -> tuple[str, str]:
+    """A new session (a new refresh-token family) for `user`: its access and refresh token."""
+    now = ctx.now()
+    family_id = uuid.uuid4().hex
+    session.add(
+        AuthSession(
+            id=family_id,
+            user_id=user.id,
+            created_at=now,
+            last_used_at=now,
+            user_agent=_bounded_agent(client.user_agent),
+            ip=client.ip[:IP_MAX] if client.ip else None,
+        )
+    )
+    row, access, refresh_token = _new_refresh(ctx, user, family_id, started=now)
+    session.add(row)
+    return access, refresh_token
+
+
 async def signup(
-    ctx: AuthContext, *, name: str, email: str, password: str, role: str, client_ip: str = ""
+    ctx: AuthContext,
+    *,
+    name: str,
+    email: str,
+    password: str,
+    role: str,
+    client: Client | None = None,
 ) -> Session:
-    await ctx.accounts.signup.hit(email=email, ip=client_ip)
+    await ctx.accounts.signup.hit(email=email, ip=(client.ip if client else None) or "")
     if await ctx.db.fetch(USER_BY_EMAIL, email=email):
         raise EmailTaken(email)
     password_hash = await ctx.passwords.hash(password)
 
     def create(session: orm.Session) -> Session:
         user = User(
-            name=name, email=email, role=role, password_hash=password_hash, email_verified=False
+            name=name,
+            email=email,
+            role=role,
+            password_hash=password_hash,
+            email_verified=False,
+            mfa_enabled=False,
         )
         session.add(user)
         session.flush()
-        row, access, refresh = _new_refresh(ctx, user, uuid.uuid4().hex)
-        session.add(row)
+        access, refresh_token = _start_session(ctx, session, user, client or Client())
         stage(session, UserRegistered(data=UserPayload(user=user_data(user))))
         _send_verification(ctx, session, user)
-        return Session(user, access, refresh)
+        return Session(user, access, refresh_token)
 
     try:
         return await ctx.db.write(create)
@@ -322,7 +442,20 @@ async def signup(
         raise EmailTaken(email) from exc
 
 
-async def login(ctx: AuthContext, *, email: str, password: str, client_ip: str) -> Session:
+async def login(
+    ctx: AuthContext,
+    *,
+    email: str,
+    password: str,
+    client_ip: str,
+    otp: str | None = None,
+    client: Client | None = None,
+) -> Session:
+    """The password first, whatever `otp` says (a wrong one is `InvalidCredentials`, and
+    says nothing of MFA); then, for an account with MFA on, a TOTP or an unused recovery
+    code. A wrong code counts as a failed login for the throttle, like a wrong password,
+    and only a whole success clears the count (else a known password would let the codes
+    be guessed without end)."""
     # Throttle before verifying: past the limit even the right password gets 429.
     await ctx.limiter.check(email, client_ip)
     user = await ctx.db.query(lambda session: session.scalar(select(User).filter_by(email=email)))
@@ -330,31 +463,70 @@ async def login(ctx: AuthContext, *, email: str, password: str, client_ip: str) 
     if not (user and ok):
         await ctx.limiter.failed(email, client_ip)
         raise InvalidCredentials()
-    await ctx.limiter.succeeded(email, client_ip)
+    if user.mfa_enabled and otp is None:
+        raise MfaRequired()
     new_hash = None
     if ctx.passwords.needs_rehash(user.password_hash):
         new_hash = await ctx.passwords.hash(password)
 
-    def start(session: orm.Session) -> Session:
+    def start(session: orm.Session) -> Session | None:
+        """The new session, or None when the account's MFA code is wrong."""
+        if user.mfa_enabled and not _use_code(ctx, session, user.id, otp or ""):
+            return None
         if new_hash:
             session.execute(update(User).where(User.id == user.id).values(password_hash=new_hash))
-        row, access, refresh = _new_refresh(ctx, user, uuid.uuid4().hex)
-        session.add(row)
-        return Session(user, access, refresh)
+        access, refresh_token = _start_session(ctx, session, user, client or Client(client_ip))
+        return Session(user, access, refresh_token)
 
-    return await ctx.db.write(start)
+    started = await ctx.db.write(start)
+    if started is None:
+        await ctx.limiter.failed(email, client_ip)
+        raise InvalidLoginCode()
+    await ctx.limiter.succeeded(email, client_ip)
+    return started
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """What a refresh of an expired session returns from its unit of work: the session,
+    now ended, and until when its access tokens must stay revoked."""
+
+    family_id: str
+    revoke_until: dt.datetime
+
+
+def _expired(ctx: AuthContext, row: AuthSession, now: dt.datetime) -> bool:
+    return now - row.last_used_at >= ctx.session_idle or now - row.created_at >= ctx.session_max
 
 
 async def refresh(ctx: AuthContext, *, refresh_token: str) -> Session:
-    """Rotate a refresh token. Presenting a rotated one again revokes its whole family."""
-    now = utcnow()
+    """Rotate a refresh token. Presenting a rotated one again revokes its whole family; a
+    session idle too long or past its lifetime ends here (`SessionExpired`)."""
+    now = ctx.now()
 
-    def rotate(session: orm.Session) -> Session | RefreshToken:
-        """The new session, or the reused row when the token was already rotated."""
+    def rotate(session: orm.Session) -> Session | RefreshToken | Expired:
+        """The new session, the reused row when the token was already rotated, or the
+        session that this refresh found expired (and ended)."""
         row = session.scalar(
             select(RefreshToken).where(RefreshToken.token_hash == _hash_token(refresh_token))
         )
-        if row is None or row.revoked_at is not None or row.expires_at <= now:
+        if row is None or row.revoked_at is not None:
+            raise InvalidRefreshToken()
+        sess = session.get(AuthSession, row.family_id)
+        if sess is None:  # a family begun by a replica of before sessions were recorded
+            sess = AuthSession(
+                id=row.family_id,
+                user_id=row.user_id,
+                created_at=row.created_at,
+                last_used_at=row.created_at,
+            )
+            session.add(sess)
+        if sess.ended_at is not None:
+            raise InvalidRefreshToken()
+        if _expired(ctx, sess, now):
+            _end_families(session, [row.family_id], now)
+            return Expired(row.family_id, _revoke_until(ctx, session, sess))
+        if row.expires_at <= now:
             raise InvalidRefreshToken()
         # Compare-and-set so two concurrent uses of one token cannot both rotate it.
         claimed = session.execute(
@@ -367,28 +539,56 @@ async def refresh(ctx: AuthContext, *, refresh_token: str) -> Session:
         user = session.get(User, row.user_id)
         if user is None:
             raise InvalidRefreshToken()
-        new_row, access, new_token = _new_refresh(ctx, user, row.family_id)
+        sess.last_used_at = now
+        new_row, access, new_token = _new_refresh(ctx, user, row.family_id, started=sess.created_at)
         session.add(new_row)
         return Session(user, access, new_token)
 
     rotated = await ctx.db.write(rotate)
     if isinstance(rotated, Session):
         return rotated
+    if isinstance(rotated, Expired):
+        await ctx.revocations.revoke(
+            jti=None, sid=rotated.family_id, expires_at=int(rotated.revoke_until.timestamp())
+        )
+        raise SessionExpired()
     # Reuse of a rotated token: someone holds a stolen copy. End the whole session.
     log.warning("refresh token reuse detected for user %s; revoking its family", rotated.user_id)
     await revoke_family(ctx, family_id=rotated.family_id)
     raise InvalidRefreshToken()
 
 
+def _end_families(session: orm.Session, family_ids: list[str], now: dt.datetime) -> None:
+    """The sessions end: their refresh tokens stop working (the caller revokes their
+    access tokens, by `sid`, in the revocation list)."""
+    session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.family_id.in_(family_ids), RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    session.execute(
+        update(AuthSession)
+        .where(AuthSession.id.in_(family_ids), AuthSession.ended_at.is_(None))
+        .values(ended_at=now)
+    )
+
+
+def _revoke_until(ctx: AuthContext, session: orm.Session, sess: AuthSession) -> dt.datetime:
+    """How long a revocation of the session's `sid` must last: past every access token it
+    issued (capped at the session's maximum lifetime, except those minted before the cap
+    existed, which the latest expiry covers)."""
+    latest = session.scalar(
+        select(func.max(RefreshToken.access_expires_at)).where(RefreshToken.family_id == sess.id)
+    )
+    ends = sess.created_at + ctx.session_max
+    return max(ends, latest) if latest else ends
+
+
 async def revoke_family(ctx: AuthContext, *, family_id: str) -> None:
-    now = utcnow()
+    now = ctx.now()
 
     def revoke(session: orm.Session) -> dt.datetime | None:
-        session.execute(
-            update(RefreshToken)
-            .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
-            .values(revoked_at=now)
-        )
+        _end_families(session, [family_id], now)
         return session.scalar(
             select(RefreshToken.access_expires_at)
             .where(RefreshToken.family_id == family_id)
@@ -397,7 +597,7 @@ async def revoke_family(ctx: AuthContext, *, family_id: str) -> None:
         )
 
     latest = await ctx.db.write(revoke)
-    if latest and latest > now:
+    if latest and latest > utcnow():
         # Every access token of the family carries `sid`: revoking it covers them all.
         await ctx.revocations.revoke(jti=None, sid=family_id, expires_at=int(latest.timestamp()))
 
@@ -414,15 +614,19 @@ async def logout(ctx: AuthContext, *, identity: Identity, refresh_token: str | N
             families.add(rows[0]["family_id"])
     if not families:
         return
-    revoke = (
-        update(RefreshToken)
-        .where(RefreshToken.family_id.in_(families), RefreshToken.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
-    )
-    await ctx.db.write(lambda session: session.execute(revoke))
+    now = ctx.now()
+    await ctx.db.write(lambda session: _end_families(session, sorted(families), now))
 
 
-_USER_COLUMNS = (User.id, User.name, User.email, User.role, User.created_at, User.email_verified)
+_USER_COLUMNS = (
+    User.id,
+    User.name,
+    User.email,
+    User.role,
+    User.created_at,
+    User.email_verified,
+    User.mfa_enabled,
+)
 GET_USER = select(*_USER_COLUMNS).where(User.id == bindparam("uid"))
 USER_BY_EMAIL = select(User.id).where(User.email == bindparam("email"))
 FAMILY_OF_TOKEN = select(RefreshToken.family_id).where(
@@ -464,6 +668,7 @@ def user_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "role": row["role"],
         "created_at": format_timestamp(row["created_at"]),
         "email_verified": bool(row["email_verified"]),
+        "mfa_enabled": bool(row["mfa_enabled"]),
     }
 
 
@@ -507,10 +712,6 @@ class InvalidEmailToken(AuthError):
 
 class AlreadyVerified(AuthError):
     pass
-
-
-class WrongPassword(AuthError):
-    """The current password given to change it is wrong (403: the caller is signed in)."""
 
 
 VERIFY, RESET = "verify", "reset"
@@ -670,8 +871,9 @@ async def request_password_reset(ctx: AuthContext, *, email: str, client_ip: str
 def _end_sessions(
     session: orm.Session, user_id: int, *, keep: str | None
 ) -> list[tuple[str, dt.datetime]]:
-    """Revoke the user's refresh-token families (all, or all but `keep`); returns each
-    ended family with its access tokens' latest expiry, for the revocation list."""
+    """End the user's sessions (all, or all but `keep`): their refresh-token families and
+    their rows in the sessions list; returns each ended family with its access tokens'
+    latest expiry, for the revocation list."""
     live = (
         RefreshToken.user_id == user_id,
         RefreshToken.revoked_at.is_(None),
@@ -682,7 +884,14 @@ def _end_sessions(
         .where(*live)
         .group_by(RefreshToken.family_id)
     ).all()
-    session.execute(update(RefreshToken).where(*live).values(revoked_at=utcnow()))
+    listed = select(AuthSession.id).where(
+        AuthSession.user_id == user_id,
+        AuthSession.ended_at.is_(None),
+        *((AuthSession.id != keep,) if keep else ()),
+    )
+    ended = {family for family, _ in families} | set(session.scalars(listed))
+    if ended:
+        _end_families(session, sorted(ended), utcnow())
     return [(family, expires) for family, expires in families]
 
 
@@ -804,3 +1013,283 @@ async def purge_email_tokens_forever(ctx: AuthContext) -> None:
             if not failing:
                 log.warning("email tokens: purge failed; will retry", exc_info=True)
             failing = True
+
+
+# --- sessions -----------------------------------------------------------------------------
+
+_SESSION_COLUMNS = (
+    AuthSession.id,
+    AuthSession.created_at,
+    AuthSession.last_used_at,
+    AuthSession.user_agent,
+    AuthSession.ip,
+)
+# Live: not ended, used within the idle timeout, begun within the maximum lifetime.
+_LIVE = (
+    AuthSession.user_id == bindparam("uid"),
+    AuthSession.ended_at.is_(None),
+    AuthSession.last_used_at > bindparam("idle_since"),
+    AuthSession.created_at > bindparam("started_since"),
+)
+LIVE_SESSIONS = (
+    select(*_SESSION_COLUMNS)
+    .where(*_LIVE)
+    .order_by(AuthSession.created_at.desc(), AuthSession.id.desc())
+    .limit(bindparam("limit"))
+    .offset(bindparam("offset"))
+)
+LIVE_SESSION = select(AuthSession.id, AuthSession.created_at).where(
+    *_LIVE, AuthSession.id == bindparam("sid")
+)
+
+
+def _live_params(ctx: AuthContext, user_id: int) -> dict[str, Any]:
+    now = ctx.now()
+    return {
+        "uid": user_id,
+        "idle_since": now - ctx.session_idle,
+        "started_since": now - ctx.session_max,
+    }
+
+
+def session_json(row: Mapping[str, Any], current_sid: str) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "created_at": format_timestamp(row["created_at"]),
+        "last_used_at": format_timestamp(row["last_used_at"]),
+        "user_agent": row["user_agent"],
+        "ip": row["ip"],
+        "current": row["id"] == current_sid,
+    }
+
+
+async def list_sessions(
+    ctx: AuthContext, *, identity: Identity, limit: int, offset: int
+) -> list[dict[str, Any]]:
+    """The caller's live sessions, newest first."""
+    params = _live_params(ctx, identity.user_id)
+    rows = await ctx.db.fetch(LIVE_SESSIONS, **params, limit=limit, offset=offset)
+    return [session_json(row, identity.sid) for row in rows]
+
+
+async def end_session(ctx: AuthContext, *, identity: Identity, session_id: str) -> None:
+    """End one of the caller's live sessions: its refresh token and every access token it
+    issued stop working at once, and the sockets opened with them close (by `sid`).
+
+    The revocation goes to Redis first, for as long as any token of the session can live
+    (tokens are capped at its maximum lifetime), so a refresh racing with this cannot mint
+    a token that outlives it; then the database ends the session.
+    """
+    rows = await ctx.db.fetch(LIVE_SESSION, **_live_params(ctx, identity.user_id), sid=session_id)
+    if not rows:
+        raise SessionNotFound(session_id)
+    now = ctx.now()
+    latest = await ctx.db.query(
+        lambda session: session.scalar(
+            select(func.max(RefreshToken.access_expires_at)).where(
+                RefreshToken.family_id == session_id
+            )
+        )
+    )
+    until = rows[0]["created_at"] + ctx.session_max
+    if latest and latest > until:
+        until = latest
+    await ctx.revocations.revoke(jti=None, sid=session_id, expires_at=int(until.timestamp()))
+    await ctx.db.write(lambda session: _end_families(session, [session_id], now))
+
+
+# --- MFA (TOTP and recovery codes) ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Enrolment:
+    """A TOTP secret waiting for its first code, and how to hand it to an authenticator."""
+
+    secret: str
+    otpauth_uri: str
+    qr_code: str  # the URI as a QR code: an SVG in a data: URI
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryCodes:
+    codes: list[str]
+
+
+class MfaTurnedOff:
+    """What the unit of work that turns MFA off returns (the answer to record)."""
+
+
+MFA_OFF = MfaTurnedOff()
+
+
+def _use_code(ctx: AuthContext, session: orm.Session, user_id: int, code: str) -> bool:
+    """Accept a current TOTP code of the confirmed secret, or an unused recovery code, once.
+
+    Compare-and-set in the database: of two requests with one code, only one gets it
+    (a TOTP's time step must be newer than the last accepted; a recovery code unused).
+    """
+    secret_row = session.get(MfaTotp, user_id)
+    if secret_row is None or secret_row.confirmed_at is None:
+        return False
+    if totp.looks_like_totp(code):
+        secret = ctx.mfa_keys.unseal(user_id, secret_row.sealed_secret)
+        if secret is None:
+            log.error("TOTP secret of user %s does not decrypt under this signing key", user_id)
+            return False
+        step = totp.matching_step(secret, code, now=ctx.clock(), after=secret_row.last_step)
+        if step is None:
+            return False
+        claimed = session.execute(
+            update(MfaTotp)
+            .where(
+                MfaTotp.user_id == user_id,
+                or_(MfaTotp.last_step.is_(None), MfaTotp.last_step < step),
+            )
+            .values(last_step=step)
+        )
+        return claimed.rowcount == 1
+    used = session.execute(
+        update(RecoveryCode)
+        .where(
+            RecoveryCode.user_id == user_id,
+            RecoveryCode.code_hash == ctx.mfa_keys.code_hash(user_id, code),
+            RecoveryCode.used_at.is_(None),
+        )
+        .values(used_at=ctx.now())
+    )
+    return used.rowcount == 1
+
+
+def _reauth(user_id: int) -> str:
+    """The throttle's name for a signed-in user proving themself again (a password to
+    enrol, a code to turn MFA off): counted like failed logins (the same limits, and per
+    client address with them), but apart from the account's logins, so that whoever holds
+    a stolen access token cannot lock the owner out of logging in."""
+    return f"user:{user_id}"
+
+
+async def _user(ctx: AuthContext, user_id: int) -> User:
+    user = await ctx.db.query(lambda session: session.get(User, user_id))
+    if user is None:
+        raise UserNotFound(user_id)
+    return user
+
+
+async def enrol_totp(
+    ctx: AuthContext, *, identity: Identity, password: str, client_ip: str
+) -> Enrolment:
+    """A new TOTP secret, not active until confirmed; it replaces one not yet confirmed.
+
+    The password is checked as a login's is, and throttled (`_reauth`), so a stolen access
+    token alone can neither enrol nor guess the password here.
+    """
+    user = await _user(ctx, identity.user_id)
+    await ctx.limiter.check(_reauth(user.id), client_ip)
+    if not await ctx.passwords.verify(user.password_hash, password):
+        await ctx.limiter.failed(_reauth(user.id), client_ip)
+        raise WrongPassword()
+    if user.mfa_enabled:
+        raise MfaAlreadyEnabled()
+    secret = totp.new_secret()
+    uri = totp.otpauth_uri(secret, user.email)
+    enrolment = Enrolment(secret, uri, totp.qr_svg_data_uri(uri))
+    sealed = ctx.mfa_keys.seal(user.id, secret)
+
+    def replace(session: orm.Session) -> Enrolment:
+        if session.scalar(select(User.mfa_enabled).where(User.id == user.id)):
+            raise MfaAlreadyEnabled()  # confirmed meanwhile
+        session.execute(delete(MfaTotp).where(MfaTotp.user_id == user.id))
+        session.add(MfaTotp(user_id=user.id, sealed_secret=sealed, created_at=ctx.now()))
+        return enrolment
+
+    return await ctx.db.write(replace)
+
+
+async def confirm_totp(ctx: AuthContext, *, identity: Identity, code: str) -> RecoveryCodes:
+    """A current code of the pending secret turns MFA on; 10 new recovery codes (stored
+    keyed-hashed, shown this once)."""
+    user_id = identity.user_id
+    codes = totp.new_recovery_codes()
+    hashes = [ctx.mfa_keys.code_hash(user_id, c) for c in codes]
+    now = ctx.now()
+
+    def confirm(session: orm.Session) -> RecoveryCodes:
+        if session.scalar(select(User.mfa_enabled).where(User.id == user_id)):
+            raise MfaAlreadyEnabled()
+        pending = session.get(MfaTotp, user_id)
+        if pending is None or pending.confirmed_at is not None:
+            raise InvalidCode()  # nothing to confirm: no code can be right
+        secret = ctx.mfa_keys.unseal(user_id, pending.sealed_secret)
+        step = (
+            totp.matching_step(secret, code, now=ctx.clock(), after=pending.last_step)
+            if secret
+            else None
+        )
+        if step is None:
+            raise InvalidCode()
+        confirmed = session.execute(
+            update(MfaTotp)
+            .where(MfaTotp.user_id == user_id, MfaTotp.confirmed_at.is_(None))
+            .values(confirmed_at=now, last_step=step)
+        )
+        if confirmed.rowcount != 1:
+            raise InvalidCode()
+        session.execute(update(User).where(User.id == user_id).values(mfa_enabled=True))
+        session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
+        session.execute(
+            insert(RecoveryCode), [{"user_id": user_id, "code_hash": h} for h in hashes]
+        )
+        return RecoveryCodes(codes)
+
+    result = await ctx.db.write(confirm)
+    if ctx.mfa_policy is not None and ctx.mfa_policy.covers(identity.role):
+        # Lets the tokens the user holds through at once (services/common/mfa.py). Best
+        # effort: MFA is on and the codes must reach the user; without the flag their next
+        # refresh gets a token that says so.
+        try:
+            ttl = int(ctx.issuer.ttl.total_seconds()) + 60
+            await ctx.redis.set(enrolled_key(user_id), 1, ex=ttl)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            log.warning("MFA enrolment flag of user %s not set: %r", user_id, exc)
+    return result
+
+
+async def disable_totp(
+    ctx: AuthContext, *, identity: Identity, code: str, client_ip: str
+) -> MfaTurnedOff:
+    """A current TOTP code or an unused recovery code turns MFA off. Wrong codes are
+    throttled (`_reauth`), so a stolen access token cannot guess its way to turning it off."""
+    user = await _user(ctx, identity.user_id)
+    if not user.mfa_enabled:
+        raise MfaNotEnabled()
+    await ctx.limiter.check(_reauth(user.id), client_ip)
+    if not await ctx.db.write(lambda session: _use_code(ctx, session, user.id, code)):
+        await ctx.limiter.failed(_reauth(user.id), client_ip)
+        raise InvalidCode()
+    if ctx.mfa_policy is not None and ctx.mfa_policy.covers(user.role):
+        # Before MFA is off, so that no token saying it is on outlives this answer: the
+        # client refreshes and gets one that says it is off (services/common/mfa.py).
+        await _revoke_access_tokens(ctx, user.id)
+
+    def turn_off(session: orm.Session) -> MfaTurnedOff:
+        session.execute(delete(MfaTotp).where(MfaTotp.user_id == user.id))
+        session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+        session.execute(update(User).where(User.id == user.id).values(mfa_enabled=False))
+        return MFA_OFF
+
+    return await ctx.db.write(turn_off)
+
+
+async def _revoke_access_tokens(ctx: AuthContext, user_id: int) -> None:
+    """Every live access token of the user stops working (their sessions go on)."""
+    now = utcnow()
+    rows = await ctx.db.query(
+        lambda session: session.execute(
+            select(RefreshToken.access_jti, RefreshToken.access_expires_at).where(
+                RefreshToken.user_id == user_id, RefreshToken.access_expires_at > now
+            )
+        ).all()
+    )
+    await ctx.redis.delete(enrolled_key(user_id))
+    for jti, expires_at in rows:
+        await ctx.revocations.revoke(jti=jti, sid=None, expires_at=int(expires_at.timestamp()))

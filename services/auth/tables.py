@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Boolean, ForeignKey, Index, String, false
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, String, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.copies import ConnectionCopyMixin
@@ -30,6 +30,8 @@ class User(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Version 3 (mail): the owner proved the address with a code or link sent to it.
     email_verified: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # MFA (TOTP) confirmed and on; see MfaTotp.
+    mfa_enabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (Index("ix_users_role_id", "role", "id"),)
 
@@ -50,6 +52,60 @@ class RefreshToken(Base):
     # The access token issued with this refresh token, so a revoked family revokes it too.
     access_jti: Mapped[str] = mapped_column(String(32))
     access_expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+# --- sessions and MFA ---------------------------------------------------------------------
+
+
+class AuthSession(Base):
+    """A session: one login's refresh-token family (`id` is its `family_id`, the `sid` of
+    its access tokens), with what the user sees of it and when it ended."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)  # login, then each refresh
+    user_agent: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    ip: Mapped[str | None] = mapped_column(String(45), nullable=True)
+    # Logged out, ended by the user, expired at a refresh, or revoked on token reuse.
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (Index("ix_sessions_user_created", "user_id", "created_at"),)
+
+
+class MfaTotp(Base):
+    """A user's TOTP secret: pending until a first code confirms it, then MFA is on."""
+
+    __tablename__ = "mfa_totp"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    # AES-GCM under a key derived from the signing key (services/auth/totp.py): a copy of
+    # the database alone does not give the secret away.
+    sealed_secret: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    confirmed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The time step of the last code accepted: a code is good once, and never an older one.
+    last_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class RecoveryCode(Base):
+    """One single-use recovery code, stored as a keyed hash."""
+
+    __tablename__ = "mfa_recovery_codes"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    code_hash: Mapped[str] = mapped_column(String(64))
+    used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (Index("ix_mfa_recovery_codes_user_hash", "user_id", "code_hash"),)
+
+
+# --- copies of other services' records, outbox, idempotency ----------------------------
 
 
 class ClientLink(ConnectionCopyMixin, Base):

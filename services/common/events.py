@@ -56,6 +56,8 @@ class UserData(_Model):
     created_at: Timestamp
     # Added in version 3: whether the owner proved the address (a link or code by mail).
     email_verified: bool = False
+    # Added in version 3: false for events of before (and at sign-up).
+    mfa_enabled: bool = False
 
 
 class Party(_Model):
@@ -330,6 +332,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
             "role": "client",
             "created_at": _T0,
             "email_verified": False,
+            "mfa_enabled": False,
         }
     },
     "user.email_verified": {
@@ -340,6 +343,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
             "role": "client",
             "created_at": _T0,
             "email_verified": True,
+            "mfa_enabled": False,
         }
     },
     "connection.requested": {"connection": _CONNECTION},

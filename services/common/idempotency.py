@@ -257,9 +257,11 @@ class Idempotency:
             return await handler(request)  # answered 413 by the handler; nothing to record
         body = _canonical(await request.read())
         material = f"{request.method} {request.path.rstrip('/')}\n".encode() + body
+        scope = self._anonymous_scope
         if route.auth:
             identity = await authenticate(request)
             scope = f"user:{identity.user_id}"
+        if route.auth and not route.secret:
             fingerprint = hashlib.sha256(material).hexdigest()
             cipher_key = None
         elif self.secret is not None:
@@ -274,8 +276,10 @@ class Idempotency:
             # just as it cannot read refresh tokens (stored hashed).
             # The scope names the secret, so that after a new signing key the records made
             # under the old one are simply not found (they could not be checked or opened).
+            # A signed-in route whose body or answer holds a secret (a password, an MFA
+            # code, a TOTP secret, recovery codes: `Route.secret`) is recorded the same
+            # way, under its user's scope.
             fingerprint = hmac.new(self.secret, material, hashlib.sha256).hexdigest()
-            scope = self._anonymous_scope
             cipher_key = hmac.new(self.secret, b"seal\n" + material, hashlib.sha256).digest()
         else:
             return await handler(request)  # no secret to protect anonymous answers with

@@ -84,6 +84,8 @@ ID_PARAM = {
     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
 }
 ID_ROUTE_PATTERN = "{id:[0-9]+}"
+# AUTH_REQUIRE_MFA may refuse a signed-in caller anywhere but under /api/auth/.
+MFA_CODE = "mfa_enrollment_required"
 RETRY_AFTER = {
     "Retry-After": {
         "description": "Seconds to wait before trying again.",
@@ -116,6 +118,17 @@ class Route:
     # What the use case's result becomes in the answer, when it is not a `response` model
     # itself (None: no answer can be told from it); used to record idempotent answers.
     reply: Callable[[Any], BaseModel | None] | None = None
+    # The schema of `{id}` when it is not a numeric id (the route then matches any
+    # segment, and its handler answers the route's 404 for one that names nothing).
+    id_schema: Mapping[str, Any] | None = None
+    # The body or the answer holds a secret (a password, a code): an Idempotency-Key's
+    # record of it is keyed and sealed, as the anonymous routes' are (idempotency.py).
+    secret: bool = False
+
+    @property
+    def mfa_gated(self) -> bool:
+        """Whether AUTH_REQUIRE_MFA applies here (services/common/mfa.py)."""
+        return self.auth and not self.path.startswith("/api/auth/")
 
     def statuses(self, errors: DomainErrors) -> set[int]:
         """Every status this route can answer, from its declaration alone."""
@@ -126,7 +139,7 @@ class Route:
             found.add(400)
         if self.auth:
             found.add(401)
-        if self.role:
+        if self.role or self.mfa_gated:
             found.add(403)
         if "{" in self.path:
             found.add(404)
@@ -145,7 +158,7 @@ def register(app: web.Application, routes: Iterable[Route]) -> None:
     /api/activities/{id}` (its 405 would list DELETE) and `/api/activities/abc` names nothing.
     """
     for route in routes:
-        path = route.path.replace("{id}", ID_ROUTE_PATTERN)
+        path = route.path if route.id_schema else route.path.replace("{id}", ID_ROUTE_PATTERN)
         app.router.add_route(route.method, path, route.handler)
         alias = path[:-1] if path.endswith("/") else path + "/"
         if alias:
@@ -188,7 +201,9 @@ def document_paths(
             op["security"] = [{"bearer": []}]
         params = [dict(p) for p in route.query]
         if "{id}" in route.path:
-            params.append(dict(ID_PARAM))
+            params.append(
+                {**ID_PARAM, "schema": dict(route.id_schema)} if route.id_schema else dict(ID_PARAM)
+            )
         if route.method in IDEMPOTENT_METHODS:
             params.append(dict(IDEMPOTENCY_PARAM))
         if params:
@@ -217,6 +232,8 @@ def document_paths(
                 codes = {c for e, (s, c, _) in errors.items() if s == status and e in route.raises}
                 if route.method in IDEMPOTENT_METHODS and status in IDEMPOTENCY_CODES:
                     codes.add(IDEMPOTENCY_CODES[status])
+                if status == 403 and route.mfa_gated:
+                    codes.add(MFA_CODE)
                 if codes:
                     response["description"] += f" (code: {', '.join(sorted(codes))})"
                 response["content"] = {

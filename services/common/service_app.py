@@ -28,6 +28,7 @@ from .events import Event
 from .health import CachedCheck, health_response, probe
 from .idempotency import Idempotency, IdempotencyMixin
 from .mail import Mailer, MailOutboxMixin
+from .mfa import MfaPolicy
 from .migrations import WrongEncoding, upgrade
 from .openapi import Route, openapi_handler, register
 from .outbox import (
@@ -42,6 +43,7 @@ from .tokens import RevocationList, TokenVerifier, ensure_dev_keys, load_public_
 from .web import (
     base_app,
     configure_logging,
+    mfa_policy_key,
     redis_key,
     revocations_key,
     verifier_key,
@@ -116,6 +118,8 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[redis_key] = client
     if app[settings_key].check_revocation:
         app[revocations_key] = RevocationList(client)
+    if roles := app[settings_key].auth_require_mfa:
+        app[mfa_policy_key] = MfaPolicy(client, roles)
     yield
     await client.aclose()
 

@@ -6,8 +6,10 @@ import socket
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .tokens import ROLES
 
 
 def _split_commas(value: object) -> object:
@@ -53,8 +55,22 @@ class CommonSettings(BaseSettings):
     # exceed the gateway's pool keep-alive (60 s), so the gateway closes first.
     keepalive_timeout_seconds: float = Field(75.0, gt=0)
 
+    # Roles whose users must have MFA on: without it they get 403 mfa_enrollment_required
+    # everywhere but /api/auth/* and /api/health (services/common/mfa.py). Read by auth,
+    # which puts the user's MFA state in each access token, and by every component that
+    # checks tokens.
+    auth_require_mfa: CommaList = Field([], validation_alias="AUTH_REQUIRE_MFA")
+
     host: str = "127.0.0.1"
     port: int = 8080
+
+    @field_validator("auth_require_mfa")
+    @classmethod
+    def _known_roles(cls, roles: list[str]) -> list[str]:
+        unknown = set(roles) - ROLES
+        if unknown:
+            raise ValueError(f"AUTH_REQUIRE_MFA names unknown roles: {sorted(unknown)}")
+        return roles
 
     @property
     def production(self) -> bool:

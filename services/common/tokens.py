@@ -47,6 +47,9 @@ class Identity:
     jti: str
     sid: str
     expires_at: int
+    # Whether the user had MFA on when the token was issued (the `mfa` claim); None for a
+    # token without the claim. Only AUTH_REQUIRE_MFA reads it (services/common/mfa.py).
+    mfa: bool | None = None
 
 
 def _write_atomically(path: Path, data: bytes, mode: int) -> bool:
@@ -154,6 +157,7 @@ class TokenVerifier:
             jti=str(claims["jti"]),
             sid=str(claims.get("sid", "")),
             expires_at=int(claims["exp"]),
+            mfa=mfa if isinstance(mfa := claims.get("mfa"), bool) else None,
         )
 
 
@@ -168,8 +172,20 @@ class TokenIssuer:
         self._audience = audience
         self.ttl = ttl
 
-    def issue(self, *, user_id: int, role: str, session_id: str) -> tuple[str, dict[str, Any]]:
+    def issue(
+        self,
+        *,
+        user_id: int,
+        role: str,
+        session_id: str,
+        mfa: bool = False,
+        not_after: dt.datetime | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """A signed access token; `not_after` caps its expiry (the end of its session)."""
         now = dt.datetime.now(dt.UTC)
+        expires = now + self.ttl
+        if not_after is not None:
+            expires = max(now, min(expires, not_after))
         claims = {
             "iss": self._issuer,
             "aud": self._audience,
@@ -179,7 +195,8 @@ class TokenIssuer:
             "sid": session_id,
             "jti": uuid.uuid4().hex,
             "iat": int(now.timestamp()),
-            "exp": int((now + self.ttl).timestamp()),
+            "exp": int(expires.timestamp()),
+            "mfa": mfa,
         }
         return jwt.encode(claims, self._key, algorithm=ALGORITHM), claims
 

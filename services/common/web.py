@@ -19,6 +19,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 
+from .mfa import MfaPolicy
 from .problems import Problem, error_middleware
 from .settings import CommonSettings
 from .tokens import Identity, InvalidToken, RevocationList, TokenVerifier, bearer_token
@@ -47,6 +48,7 @@ body_timeout_key = web.AppKey("body_timeout", float)
 verifier_key = web.AppKey("verifier", TokenVerifier)
 revocations_key = web.AppKey("revocations", RevocationList)
 redis_key = web.AppKey("redis", Redis)
+mfa_policy_key = web.AppKey("mfa_policy", MfaPolicy)  # only when AUTH_REQUIRE_MFA names roles
 identity_key = web.RequestKey("identity", Identity)
 
 
@@ -219,7 +221,8 @@ def path_id(
 
 
 async def authenticate(request: web.Request, *, local_revocations: bool = False) -> Identity:
-    """The caller's identity from a verified bearer token, else 401.
+    """The caller's identity from a verified bearer token, else 401; then 403 when
+    AUTH_REQUIRE_MFA refuses the caller on this path (`require_mfa`).
 
     `local_revocations`: check the process's copy of the revocation list when it has one
     (no round trip); only for callers whose request is checked again downstream.
@@ -229,8 +232,16 @@ async def authenticate(request: web.Request, *, local_revocations: bool = False)
         return cached
     token = bearer_token(request.headers.get("Authorization"))
     identity = await verify_token(request.app, token, local_revocations=local_revocations)
+    await require_mfa(request, identity)
     request[identity_key] = identity
     return identity
+
+
+async def require_mfa(request: web.Request, identity: Identity) -> None:
+    """AUTH_REQUIRE_MFA (services/common/mfa.py); nothing at all when it is not set."""
+    policy = request.app.get(mfa_policy_key)
+    if policy is not None:
+        await policy.check(identity, request.path)
 
 
 async def verify_token(

@@ -1,16 +1,19 @@
-"""Helpers shared by the auth tests: validation-problem checks and bounded concurrency."""
+"""Helpers shared by the auth tests: validation-problem checks, bounded concurrency, MFA."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Iterable
 from typing import Any, TypeVar
 
-from ..api import Reply, assert_problem
+import pyotp
+
+from ..api import Account, Api, Reply, assert_problem
 
 T = TypeVar("T")
 
-USER_KEYS = {"id", "name", "email", "role", "created_at", "email_verified"}
+USER_KEYS = {"id", "name", "email", "role", "created_at", "email_verified", "mfa_enabled"}
 
 
 def assert_validation(reply: Reply, *fields: str, code: str = "validation_error") -> None:
@@ -65,3 +68,60 @@ async def gather_limited(coros: Iterable[Awaitable[T]], limit: int = 8) -> list[
             return await coro
 
     return await asyncio.gather(*(one(c) for c in coros))
+
+
+# --- MFA ------------------------------------------------------------------------------------
+
+
+def totp_code(secret: str) -> str:
+    """The TOTP of `secret` now: good for a confirmation (the server takes the current step
+    and one either way), but a login right after one wants `Authenticator.fresh`."""
+    return pyotp.TOTP(secret).now()
+
+
+def other_code(code: str) -> str:
+    """A six-digit code that is not `code`."""
+    return f"{(int(code) + 500_000) % 1_000_000:06d}"
+
+
+class Authenticator:
+    """The test's authenticator app: codes of one secret, each of a newer time step than
+    the last it gave. The server takes a step once, never an older one, and one step of
+    drift either way: so a test does not depend on where in a 30 s step it runs (a code
+    of the step before "now" fails when the step ends on the way to the server)."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        self._totp = pyotp.TOTP(secret)
+        self.last: int | None = None  # the step of the last code given
+
+    @staticmethod
+    def current_step() -> int:
+        return int(time.time() // 30)
+
+    def code_of(self, step: int) -> str:
+        return self._totp.generate_otp(step)
+
+    def fresh(self) -> str:
+        """A code the server has not seen: of the current step, or of the next one when
+        the current step's is used (two per step at the most)."""
+        step = self.current_step()
+        if self.last is not None:
+            step = max(step, self.last + 1)
+        self.last = step
+        return self.code_of(step)
+
+
+async def enable_mfa(api: Api, account: Account) -> tuple[Authenticator, list[str]]:
+    """Enrol and confirm through `api`: the authenticator (its confirming code used) and
+    the recovery codes."""
+    enrolled = await api.call(
+        "POST", "/api/auth/mfa/totp", json={"password": account.password}, token=account.token
+    )
+    assert enrolled.status == 201, enrolled.text
+    app = Authenticator(enrolled.body["secret"])
+    confirmed = await api.call(
+        "POST", "/api/auth/mfa/totp/confirm", json={"code": app.fresh()}, token=account.token
+    )
+    assert confirmed.status == 200, confirmed.text
+    return app, confirmed.body["recovery_codes"]

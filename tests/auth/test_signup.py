@@ -52,7 +52,15 @@ async def test_signup_returns_user_and_tokens(api: Api) -> None:
     assert user["email"] == email.lower()
     assert user["role"] == "professional"
     assert user["created_at"].endswith("Z")
-    assert set(user) == {"id", "name", "email", "role", "created_at", "email_verified"}
+    assert set(user) == {
+        "id",
+        "name",
+        "email",
+        "role",
+        "created_at",
+        "email_verified",
+        "mfa_enabled",
+    }
     assert reply.body["token"].count(".") == 2
     assert reply.body["refresh_token"]
 
@@ -274,15 +282,25 @@ async def test_signup_extra_fields_are_ignored(api: Api) -> None:
             "is_admin": True,
             "password_hash": "x",
             "created_at": "2000-01-01T00:00:00Z",
+            "mfa_enabled": True,
         }
     )
     reply = await signup(api, data)
     assert reply.status == 201, reply.text
     user = reply.body["user"]
-    assert set(user) == {"id", "name", "email", "role", "created_at", "email_verified"}
+    assert set(user) == {
+        "id",
+        "name",
+        "email",
+        "role",
+        "created_at",
+        "email_verified",
+        "mfa_enabled",
+    }
     assert user["id"] != 999_999
     assert user["role"] == "client"
     assert not user["created_at"].startswith("2000")
+    assert user["mfa_enabled"] is False
 
 
 @pytest.mark.parametrize("payload", [[], ["a"], "string", 42, None])

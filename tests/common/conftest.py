@@ -7,14 +7,12 @@ import contextlib
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 from sqlalchemy import String
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.db import Database, UTCDateTime
@@ -24,7 +22,6 @@ from services.common.service_app import make_redis
 from services.common.tables import Id
 
 from ..infra import RedisServer
-from ..stack import _admin, create_database_sql
 
 
 class Base(DeclarativeBase):
@@ -77,21 +74,6 @@ async def stop(task: asyncio.Task[Any]) -> None:
 def stream() -> str:
     """A stream name no other test uses."""
     return unique_stream()
-
-
-@pytest_asyncio.fixture
-async def fresh_url(backend: str, pg_url: str | None, tmp_path: Path) -> AsyncIterator[str]:
-    """The URL of an empty database of this test's own, on the `backend` under test."""
-    if backend == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
-        return
-    assert pg_url
-    name = f"hc_t_{uuid.uuid4().hex[:12]}"
-    await _admin(pg_url, [create_database_sql(name)])
-    try:
-        yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        await _admin(pg_url, [f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'])
 
 
 @pytest_asyncio.fixture

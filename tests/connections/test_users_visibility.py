@@ -7,7 +7,7 @@ from typing import Any
 from ..api import Account, Api, unique_email
 from .conn_support import answered, invite_client, invited, listing, removed, requested
 
-USER_KEYS = {"id", "name", "email", "role", "created_at", "email_verified"}
+USER_KEYS = {"id", "name", "email", "role", "created_at", "email_verified", "mfa_enabled"}
 
 
 async def users(api: Api, account: Account, query: str = "") -> list[dict[str, Any]]:

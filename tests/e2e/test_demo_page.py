@@ -1,4 +1,5 @@
-"""The demo page at `/` in headless Chromium: two users, live updates, and a reconnect."""
+"""The demo page at `/` in headless Chromium: two users, live updates, a reconnect, MFA and
+sessions."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from playwright.async_api import BrowserContext, Page, async_playwright, expect
+
+from ..auth.auth_support import Authenticator
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -328,4 +331,81 @@ async def test_verify_forgot_and_change_password_through_the_mailbox(
             await page.screenshot(path=str(tmp_path / "mailbox.png"), full_page=True)
         finally:
             await context.close()
+
+
+async def test_mfa_enrolment_login_with_a_code_and_ending_a_session(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Enable MFA from the QR code's key, log in elsewhere with a code, end that other
+    session from the first page (which logs the other page out), turn MFA off."""
+    if backend != "sqlite":
+        pytest.skip("the page does not depend on the database: one backend is enough")
+    executable = _chromium()
+    stack = request.getfixturevalue("stack")
+    base = stack.gateway_url
+    tag = uuid.uuid4().hex[:8]
+    email = f"mfa-{tag}@example.com"
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        contexts = [
+            await browser.new_context(viewport={"width": 1200, "height": 900}) for _ in range(2)
+        ]
+        pages = {"first": await contexts[0].new_page(), "second": await contexts[1].new_page()}
+        a, b = pages["first"], pages["second"]
+        watches = [Watch(a, base), Watch(b, base)]
+        try:
+            await _sign_up(a, base, f"Dr Mfa {tag}", email, "professional")
+            await expect(a.get_by_test_id("mfa-status")).to_have_text("off")
+            await expect(a.get_by_test_id("session")).to_have_count(1, timeout=WAIT)
+
+            # Enable: the QR code is an image the page may show (CSP), and the key is text.
+            await a.get_by_test_id("mfa-enrol-password").fill(PASSWORD)
+            await a.get_by_test_id("mfa-enrol-submit").click()
+            qr = a.get_by_test_id("mfa-qr")
+            await expect(qr).to_be_visible(timeout=WAIT)
+            assert (await qr.get_attribute("src")).startswith("data:image/svg+xml")
+            await a.wait_for_function(
+                "document.getElementById('mfa-qr').naturalWidth > 0", timeout=WAIT
+            )
+            app = Authenticator((await a.get_by_test_id("mfa-secret").text_content()).strip())
+            await a.get_by_test_id("mfa-confirm-code").fill(app.fresh())
+            await a.get_by_test_id("mfa-confirm-submit").click()
+            await expect(a.get_by_test_id("mfa-recovery-code")).to_have_count(10, timeout=WAIT)
+            await expect(a.get_by_test_id("mfa-status")).to_have_text("on")
+            recovery = await a.get_by_test_id("mfa-recovery-code").all_text_contents()
+
+            # Elsewhere: the password, then the page asks for the code.
+            await b.goto(base + "/")
+            await b.get_by_test_id("login-email").fill(email)
+            await b.get_by_test_id("login-password").fill(PASSWORD)
+            await b.get_by_test_id("login-submit").click()
+            await expect(b.get_by_test_id("login-otp")).to_be_visible(timeout=WAIT)
+            await b.get_by_test_id("login-otp").fill(app.fresh())
+            await b.get_by_test_id("login-submit").click()
+            await expect(b.get_by_test_id("whoami")).to_contain_text(email, timeout=WAIT)
+            await expect(b.get_by_test_id("ws-state")).to_have_attribute(
+                "data-state", "connected", timeout=WAIT
+            )
+            await expect(b.get_by_test_id("session")).to_have_count(2, timeout=WAIT)
+
+            # The first page lists both and ends the other: that page is logged out.
+            await a.get_by_test_id("sessions-reload").click()
+            await expect(a.get_by_test_id("session")).to_have_count(2, timeout=WAIT)
+            other = a.locator('[data-testid="session"][data-current="false"]')
+            await other.get_by_test_id("session-end").click()
+            await expect(a.get_by_test_id("session")).to_have_count(1, timeout=WAIT)
+            await expect(b.get_by_test_id("auth-view")).to_be_visible(timeout=RECONNECT_WAIT)
+
+            # Turn it off with a recovery code.
+            await a.get_by_test_id("mfa-disable-code").fill(recovery[0])
+            await a.get_by_test_id("mfa-disable-submit").click()
+            await expect(a.get_by_test_id("mfa-status")).to_have_text("off", timeout=WAIT)
+            await expect(a.get_by_test_id("error")).to_be_hidden()
+            for watch in watches:
+                assert not watch.problems, watch.problems
+        finally:
+            await _screenshots(pages, tmp_path)
+            for context in contexts:
+                await context.close()
             await browser.close()

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 
 import aiohttp
 import pytest
-import redis
 
 from ..api import Api
-from ..stack import Stack, with_redis_db
+from ..stack import Stack, own_stack, with_redis_db
 
 # The Redis database of the private stacks (the shared stacks use 1 and 2).
 EXTRA_REDIS_DB = 6
@@ -32,18 +29,13 @@ def extra_stack(request: pytest.FixtureRequest, redis_base_url: str) -> Iterator
     A module sets `EXTRA_STACK_ENV = {...}` to start it with extra environment variables.
     Only one exists at a time (module scope), so they can all share one Redis database.
     """
-    url = with_redis_db(redis_base_url, EXTRA_REDIS_DB)
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    client.close()
-    env = dict(getattr(request.module, "EXTRA_STACK_ENV", {}))
-    with tempfile.TemporaryDirectory(prefix="hc-gw-extra-") as tmp:
-        system = Stack(backend="sqlite", root=Path(tmp), redis_url=url, extra_env=env)
-        try:
-            system.start()
-            yield system
-        finally:
-            system.stop()
+    with own_stack(
+        backend="sqlite",
+        redis_url=with_redis_db(redis_base_url, EXTRA_REDIS_DB),
+        extra_env=dict(getattr(request.module, "EXTRA_STACK_ENV", {})),
+        prefix="hc-gw-extra-",
+    ) as system:
+        yield system
 
 
 @pytest.fixture

@@ -15,20 +15,12 @@ import redis.asyncio as aioredis
 from ..api import Api
 from ..infra import RedisServer
 from ..stack import Stack
-from .live_support import Sockets
 
 
 @pytest.fixture
 def api(http: aiohttp.ClientSession, stack: Stack) -> Api:
     """The shared session stack (SQLite and PostgreSQL), through its gateway."""
     return Api(http, stack.gateway_url, stack.inbox)
-
-
-@pytest_asyncio.fixture
-async def sockets(http: aiohttp.ClientSession) -> AsyncIterator[Sockets]:
-    pool = Sockets(http)
-    yield pool
-    await pool.close_all()
 
 
 @dataclass

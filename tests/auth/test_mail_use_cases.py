@@ -17,12 +17,13 @@ import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import func, select
 
-from services.auth import service
+from services.auth import service, totp
 from services.auth.app import MIGRATIONS
 from services.auth.service import (
     AccountMail,
     AlreadyVerified,
     AuthContext,
+    Client,
     InvalidEmailToken,
     LoginLimiter,
     Passwords,
@@ -131,6 +132,8 @@ async def ctx(
             resend=throttle(redis_client, "verify-resend", 3, 100),
             reset=throttle(redis_client, "password-reset", 3, 4),
         ),
+        mfa_keys=totp.MfaKeys(b"mail use cases, a key for MFA secrets"),
+        redis=redis_client,
     )
     task = asyncio.create_task(mailer.run())
     try:
@@ -145,7 +148,7 @@ async def ctx(
 
 async def signup(ctx: AuthContext, email: str, ip: str = "192.0.2.1") -> service.Session:
     return await service.signup(
-        ctx, name="Ada", email=email, password=PASSWORD, role="client", client_ip=ip
+        ctx, name="Ada", email=email, password=PASSWORD, role="client", client=Client(ip=ip)
     )
 
 
