@@ -68,6 +68,10 @@ class Caller:
     role: str
     email: str
     token: str
+    # An account of the same role whose sessions the cases that end one (logout, DELETE of
+    # a session) use: fuzzed password changes count against the caller's own address (as
+    # failed logins), and would soon throttle logins to it.
+    spare: Caller | None = None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -83,8 +87,13 @@ def _signup(base: str, role: str) -> Caller:
 
 
 def _fresh_token(base: str, caller: Caller) -> str:
+    """A new session's token, of the caller's spare account (see `Caller.spare`)."""
+    if caller.spare is None:
+        caller.spare = _signup(base, caller.role)
     reply = requests.post(
-        base + "/api/auth/login", json={"email": caller.email, "password": PASSWORD}, timeout=10
+        base + "/api/auth/login",
+        json={"email": caller.spare.email, "password": PASSWORD},
+        timeout=10,
     )
     assert reply.status_code == 200, reply.text
     return reply.json()["token"]
@@ -159,9 +168,9 @@ def _headers(case: schemathesis.Case, stack: Stack, caller: Caller) -> dict[str,
         # Logging out revokes the token: every such case gets a session of its own.
         return {"Authorization": f"Bearer {_fresh_token(stack.gateway_url, caller)}"}
     if case.operation.path == "/api/auth/sessions/{id}" and case.method.upper() == "DELETE":
-        # Ending a session revokes its tokens: every such case gets a session of its own,
-        # and one that names the caller's main session (a workflow may have listed it)
-        # ends that new session instead, so the caller's token lives on.
+        # Ending a session revokes its tokens: every such case gets a session of its own
+        # (of the spare account), and one that names the caller's main session (a
+        # workflow may have listed it) ends that new session instead.
         token = _fresh_token(stack.gateway_url, caller)
         if (case.path_parameters or {}).get("id") == _sid(caller.token):
             case.path_parameters["id"] = _sid(token)
