@@ -148,6 +148,17 @@ def dead_letter_stream(stream: str) -> str:
     return f"{stream}.dead"
 
 
+def set_aside_key(stream: str, group: str) -> str:
+    """The entries of `stream` that `group` set aside: pending, but not in flight (being
+    retried after a failure, or held back on purpose). Read barriers do not wait for them.
+    Ids are never reused, so members left behind once an entry is acknowledged are
+    harmless; the set expires a while after its last addition."""
+    return f"{stream}:set-aside:{group}"
+
+
+SET_ASIDE_TTL_SECONDS = 2 * 24 * 3600
+
+
 def decode_entry(fields: dict[bytes, bytes]) -> Event:
     """Parse one stream entry (FastStream binary frame, or a bare JSON field) into an Event."""
     raw = fields.get(b"__data__")
@@ -537,12 +548,10 @@ class Consumer:
                 if self.dedup:
                     pipe.set(key, 1, ex=DEDUP_TTL_SECONDS)
                 pipe.xack(stream, self.group, entry_id)
-            for stream, entry_id in deferred:
-                # Held back on purpose: counted as delivered twice, so read barriers do not
-                # wait for it as for an entry in flight (it comes when its turn does).
-                pipe.xclaim(
-                    stream, self.group, self.consumer, 0, [entry_id], retrycount=2, justid=True
-                )
+            if deferred:
+                # Held back on purpose: set aside, so read barriers do not wait for it as for
+                # an entry in flight (it comes when its turn does).
+                self._aside_commands(pipe, deferred)
             await pipe.execute()
         if self.on_settled is not None:
             self.on_settled()
@@ -553,10 +562,7 @@ class Consumer:
         pending = await self.redis.xpending_range(
             stream, self.group, min=entry_id, max=entry_id, count=1
         )
-        deliveries = pending[0]["times_delivered"] if pending else 1
-        # A first failure bumps the count by one (below), so past it the count is one
-        # more than the tries.
-        tries = deliveries if deliveries <= 1 else deliveries - 1
+        tries = pending[0]["times_delivered"] if pending else 1
         if tries >= self.max_deliveries:
             log.error(
                 "event %s (%s) failed %d times in %s; dead-lettered",
@@ -576,16 +582,24 @@ class Consumer:
             tries,
             self.max_deliveries,
             exc,
-            exc_info=deliveries == 1,  # the traceback once, on the first failure
+            exc_info=tries == 1,  # the traceback once, on the first failure
         )
-        if deliveries <= 1:
-            # Counted as delivered twice from now on, so read barriers stop waiting for it
-            # (it is being retried, not in flight); the retry comes after claim_idle_ms.
-            await self.redis.xclaim(
-                stream, self.group, self.consumer, 0, [entry_id], retrycount=2, justid=True
-            )
+        # Set aside: read barriers stop waiting for it (it is being retried, not in
+        # flight); the retry comes after claim_idle_ms.
+        await self._set_aside([(stream, entry_id)])
         if self.on_settled is not None:
             self.on_settled()
+
+    def _aside_commands(self, pipe: Any, entries: Sequence[tuple[str, str]]) -> None:
+        for stream in {stream for stream, _ in entries}:
+            key = set_aside_key(stream, self.group)
+            pipe.sadd(key, *(entry_id for s, entry_id in entries if s == stream))
+            pipe.expire(key, SET_ASIDE_TTL_SECONDS)
+
+    async def _set_aside(self, entries: Sequence[tuple[str, str]]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self._aside_commands(pipe, entries)
+            await pipe.execute()
 
     async def _dead_letter(
         self, stream: str, entry_id: str, fields: dict[bytes, bytes], reason: str
@@ -607,15 +621,16 @@ def _id_tuple(entry_id: Any) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-# How far `group` has got on each stream of KEYS (the streams, then their position keys),
-# in one round trip: the stream's newest entry id, the position of the newest outbox row
-# its relay put on it (outbox.position_key), the group's last-delivered id, and its
-# oldest entry still in flight (delivered once and not acknowledged; "" when none).
-# Entries being retried (delivered more than once: a failing handler) do not count as in
-# flight, so one bad entry never holds readers up.
+# How far `group` has got on each stream of KEYS (the streams, their position keys, then
+# their set-aside keys), in one round trip: the stream's newest entry id, the position of
+# the newest outbox row its relay put on it (outbox.position_key), the group's
+# last-delivered id, and its oldest entry still in flight (delivered and not acknowledged;
+# "" when none). Entries set aside (a failing handler's, being retried; the notifier's,
+# held back on purpose) do not count as in flight, so one bad entry never holds readers
+# up; an entry delivered again after a crash or a Redis restart does.
 PROGRESS = """
 local out = {}
-local n = #KEYS / 2
+local n = #KEYS / 3
 for i = 1, n do
   local key = KEYS[i]
   local last, delivered, inflight = '0-0', '0-0', ''
@@ -634,7 +649,7 @@ for i = 1, n do
     end
     if found then
       for _, p in ipairs(redis.call('XPENDING', key, ARGV[1], '-', '+', 100)) do
-        if tonumber(p[4]) <= 1 then inflight = p[1]; break end
+        if redis.call('SISMEMBER', KEYS[2 * n + i], p[1]) == 0 then inflight = p[1]; break end
       end
     end
   end
@@ -656,15 +671,19 @@ class StreamProgress:
     last: EntryId  # the newest entry on the stream
     row: int  # the producer's outbox row that entry carries (0: none)
     delivered: EntryId  # the group's last-delivered id
-    inflight: EntryId | None  # the group's oldest entry delivered once, not acknowledged
+    inflight: EntryId | None  # the group's oldest entry in flight (not set aside)
 
     def handled(self, target: EntryId) -> bool:
         """Has the group handled (or, for now, given up on) every entry up to `target`?"""
         return target <= self.delivered and (self.inflight is None or target < self.inflight)
 
 
-def _progress_keys(streams: Sequence[str]) -> list[str]:
-    return [*streams, *(position_key(stream) for stream in streams)]
+def _progress_keys(streams: Sequence[str], group: str) -> list[str]:
+    return [
+        *streams,
+        *(position_key(stream) for stream in streams),
+        *(set_aside_key(stream, group) for stream in streams),
+    ]
 
 
 def _format_id(entry_id: EntryId) -> str:
@@ -733,7 +752,7 @@ class ReadBarrier:
         self.streams = list(streams)
         self._redis = redis
         self._script = redis.register_script(PROGRESS)
-        self._keys = _progress_keys(self.streams)
+        self._keys = _progress_keys(self.streams, group)
         self._waiters: list[_Waiter] = []
         self._kick = asyncio.Event()
         self._errors = ErrorOnce(log, f"read barrier of {group}")
@@ -850,7 +869,7 @@ async def wait_caught_up(
     A standalone form of `ReadBarrier.wait` for tools and tests. False when time ran out.
     """
     script = client.register_script(PROGRESS)
-    keys = _progress_keys(streams)
+    keys = _progress_keys(streams, group)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     progress = _parse_progress(await script(keys=keys, args=[group]))

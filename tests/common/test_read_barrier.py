@@ -122,6 +122,29 @@ async def test_a_failing_entry_does_not_hold_the_barrier_or_the_entries_behind_i
         assert await redis_client.xlen(dead_letter_stream(stream)) == 0  # retried, not dead
 
 
+async def test_an_entry_delivered_again_after_a_crash_is_waited_for(
+    redis_client: aioredis.Redis, stream: str
+) -> None:
+    """A consumer that died holding an entry (or a Redis restart that hands it over again)
+    leaves it delivered twice and unhandled: the barrier must wait for it, as for any entry
+    in flight (it once took "delivered more than once" for "a failing entry, set aside",
+    and an answer right after a Redis restart read a copy without it)."""
+    event = user_event(1)
+    await redis_client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    await publish(redis_client, stream, event)
+    await redis_client.xreadgroup(GROUP, "dead", {stream: ">"}, count=10)
+    [entry] = await redis_client.xpending_range(stream, GROUP, min="-", max="+", count=1)
+    await redis_client.xclaim(stream, GROUP, "other", 0, [entry["message_id"]])  # delivery 2
+    barrier = ReadBarrier(redis_client, group=GROUP, streams=[stream])
+    async with barrier_running(barrier):
+        assert not await barrier.wait(within=0.2)
+        handler = Recorder()
+        consumer = consumer_for(redis_client, stream, handler, barrier, claim_idle_ms=50)
+        async with consuming(consumer):
+            assert await barrier.wait(within=5)  # handled once reclaimed
+            assert handler.handled == [event.event_id]
+
+
 async def test_barrier_says_no_while_redis_is_down(own_redis: RedisServer, stream: str) -> None:
     from services.common.service_app import make_redis
 
