@@ -116,6 +116,10 @@ class Route:
     # What the use case's result becomes in the answer, when it is not a `response` model
     # itself (None: no answer can be told from it); used to record idempotent answers.
     reply: Callable[[Any], BaseModel | None] | None = None
+    # A body that is not JSON (e.g. "text/calendar"): documented as a string of that type.
+    media_type: str | None = None
+    # False: no `Idempotency-Key` (an answer that must not be stored, such as a secret URL).
+    idempotent: bool = True
 
     def statuses(self, errors: DomainErrors) -> set[int]:
         """Every status this route can answer, from its declaration alone."""
@@ -189,7 +193,7 @@ def document_paths(
         params = [dict(p) for p in route.query]
         if "{id}" in route.path:
             params.append(dict(ID_PARAM))
-        if route.method in IDEMPOTENT_METHODS:
+        if route.method in IDEMPOTENT_METHODS and route.idempotent:
             params.append(dict(IDEMPOTENCY_PARAM))
         if params:
             op["parameters"] = params
@@ -208,14 +212,20 @@ def document_paths(
                 response["content"] = {
                     "application/json": {"schema": _response_schema(route, refs)}
                 }
-            if status == route.status and route.method in IDEMPOTENT_METHODS:
+            if status == route.status and route.media_type is not None:
+                response["content"] = {route.media_type: {"schema": {"type": "string"}}}
+            if status == route.status and route.method in IDEMPOTENT_METHODS and route.idempotent:
                 response.setdefault("headers", {})["Idempotent-Replayed"] = REPLAYED_HEADER
             if status in route.other_bodies:
                 ref = {"$ref": refs[route.other_bodies[status]]}
                 response["content"] = {"application/json": {"schema": ref}}
             elif status >= 400:
                 codes = {c for e, (s, c, _) in errors.items() if s == status and e in route.raises}
-                if route.method in IDEMPOTENT_METHODS and status in IDEMPOTENCY_CODES:
+                if (
+                    route.method in IDEMPOTENT_METHODS
+                    and route.idempotent
+                    and status in IDEMPOTENCY_CODES
+                ):
                     codes.add(IDEMPOTENCY_CODES[status])
                 if codes:
                     response["description"] += f" (code: {', '.join(sorted(codes))})"

@@ -41,6 +41,9 @@ class CommonSettings(BaseSettings):
     jwt_issuer: str = Field("healthconnect-auth", validation_alias="JWT_ISSUER")
     jwt_audience: str = Field("healthconnect", validation_alias="JWT_AUDIENCE")
 
+    # Where users reach the system (the gateway), for links it hands out (calendar feeds).
+    public_url: str = Field("http://127.0.0.1:8080", validation_alias="PUBLIC_URL")
+
     stream_maxlen: int = Field(100_000, validation_alias="STREAM_MAXLEN")
     # Check the Redis revocation list in the service too, not only in the gateway, so a
     # token that was logged out cannot be replayed straight at a service.

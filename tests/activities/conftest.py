@@ -25,6 +25,10 @@ ACTIVITY_KEYS = {
     "starts_at",
     "capacity",
     "created_at",
+    "duration_minutes",
+    "waitlist",
+    "places_left",
+    "status",
     "invites",
 }
 SUMMARY_KEYS = ACTIVITY_KEYS - {"invites"}
@@ -162,7 +166,9 @@ def assert_activity_shape(activity: dict[str, Any]) -> None:
 
 
 def assert_invite_shape(invite: dict[str, Any]) -> None:
-    assert set(invite) == INVITE_KEYS, invite
+    # A waitlisted invite also says where it is in the line.
+    extra = {"waitlist_position"} if invite["status"] == "waitlisted" else set()
+    assert set(invite) == INVITE_KEYS | extra, invite
     assert set(invite["activity"]) == SUMMARY_KEYS, invite
     assert_timestamp(invite["created_at"])
     assert_timestamp(invite["updated_at"])

@@ -206,7 +206,7 @@ async def test_activity_invites_answers_and_cancellation(
     assert listed["invites"] == {"pending": 1, "accepted": 1, "declined": 1}
     await delete_activity(api, pro, activity["id"])
 
-    cancelled = ("activity.cancelled", {"activity": listed})
+    cancelled = ("activity.cancelled", {"activity": {**listed, "status": "cancelled"}})
     accepting_gets = [("activity.invited", {"invite": invites[accepting.id]}), cancelled]
     await settle_and_check(
         api,
