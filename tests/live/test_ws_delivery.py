@@ -311,7 +311,9 @@ async def test_changes_in_a_row_arrive_in_order(api: Api, stack: Stack, sockets:
         [listed] = [a for a in await activities_of(api, pro) if a["id"] == activity["id"]]
         await delete_activity(api, pro, activity["id"])
         if activity is activities[0]:  # accepted: told; the second was declined: not told
-            client_gets.append(("activity.cancelled", {"activity": listed}))
+            client_gets.append(
+                ("activity.cancelled", {"activity": {**listed, "status": "cancelled"}})
+            )
     await remove_connection(api, pro, second["id"])
     [removed] = await connections_of(api, client, "removed")
     client_gets.append(("connection.removed", {"connection": removed}))
