@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +200,34 @@ class Stack:
         for name in list(self.procs):
             self.stop_process(name)
         self.drop_databases()
+
+
+@contextlib.contextmanager
+def private_stack(
+    backend: str,
+    *,
+    redis_base_url: str,
+    redis_db: int,
+    postgres_url: str | None = None,
+    extra_env: dict[str, str] | None = None,
+    prefix: str = "hc-private-",
+) -> Iterator[Stack]:
+    """A stack of a module's own (its own settings, processes it may stop), on a Redis
+    database of its own that is flushed first."""
+    import redis
+
+    url = with_redis_db(redis_base_url, redis_db)
+    redis.Redis.from_url(url).flushdb()
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{backend}-") as tmp:
+        system = Stack(
+            backend=backend,
+            root=Path(tmp),
+            redis_url=url,
+            postgres_url=postgres_url,
+            extra_env=extra_env,
+        )
+        try:
+            system.start()
+            yield system
+        finally:
+            system.stop()

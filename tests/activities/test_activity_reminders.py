@@ -9,9 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -24,7 +22,7 @@ from services.common.events import ACTIVITIES_STREAM, Event
 
 from ..api import Account, Api
 from ..infra import free_port
-from ..stack import ROOT, Stack, with_redis_db
+from ..stack import ROOT, Stack, private_stack
 from .conftest import connected_clients, invite, respond
 
 REMINDER_MINUTES = 0.05  # 3 s before the start
@@ -35,23 +33,15 @@ REDIS_DBS = {"sqlite": 10, "postgres": 11}
 @pytest.fixture(scope="module")
 def reminder_stack(backend: str, redis_base_url: str, pg_url: str | None) -> Iterator[Stack]:
     """A stack of its own whose reminders go out 3 s before the start."""
-    import redis
-
-    url = with_redis_db(redis_base_url, REDIS_DBS[backend])
-    redis.Redis.from_url(url).flushdb()
-    with tempfile.TemporaryDirectory(prefix=f"hc-reminders-{backend}-") as tmp:
-        system = Stack(
-            backend=backend,
-            root=Path(tmp),
-            redis_url=url,
-            postgres_url=pg_url,
-            extra_env={"REMINDER_MINUTES": str(REMINDER_MINUTES)},
-        )
-        try:
-            system.start()
-            yield system
-        finally:
-            system.stop()
+    with private_stack(
+        backend,
+        redis_base_url=redis_base_url,
+        redis_db=REDIS_DBS[backend],
+        postgres_url=pg_url,
+        extra_env={"REMINDER_MINUTES": str(REMINDER_MINUTES)},
+        prefix="hc-reminders-",
+    ) as system:
+        yield system
 
 
 @pytest.fixture

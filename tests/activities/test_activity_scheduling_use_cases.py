@@ -3,20 +3,14 @@ and promotions, changes, and reminders on a clock the test controls."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import itertools
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-import pytest_asyncio
-from redis.asyncio import Redis
 from sqlalchemy import func, select
 
 from services.activities import service
-from services.activities.app import MIGRATIONS
 from services.activities.service import (
     TRANSITIONS,
     ActivitiesContext,
@@ -31,8 +25,6 @@ from services.activities.service import (
 )
 from services.activities.tables import Activity, ConnectionCopy, Invite, OutboxEvent, Reminder
 from services.common.db import Database
-from services.common.migrations import upgrade
-from services.common.outbox import Outbox
 from services.common.tokens import Identity
 
 PRO = 1
@@ -79,17 +71,6 @@ class Clock:
 
     def advance(self, **delta: float) -> None:
         self.now += dt.timedelta(**delta)
-
-
-@pytest_asyncio.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'activities.db'}"
-    await asyncio.to_thread(upgrade, MIGRATIONS, url)
-    database = Database(url)
-    # Writes the staged events into the outbox table (the relay never runs here).
-    Outbox(database, Redis(), OutboxEvent, name="activities")
-    yield database
-    await database.dispose()
 
 
 @pytest.fixture
