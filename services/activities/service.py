@@ -517,16 +517,9 @@ async def invite(
 
 
 async def respond(
-    ctx: ActivitiesContext,
-    *,
-    identity: Identity,
-    invite_id: int,
-    accept: bool | None = None,
-    action: str | None = None,
+    ctx: ActivitiesContext, *, identity: Identity, invite_id: int, action: str
 ) -> InviteData:
-    """The invitee accepts, declines or withdraws (`action`; `accept` is the older form)."""
-    if action is None:
-        action = "accept" if accept else "decline"
+    """The invitee accepts (waitlisted when full with a waitlist), declines or withdraws."""
     # An invite cancelled by a connection removal a moment ago stays so.
     if not await ctx.catch_up(about=_party("client", identity.user_id)):
         raise CopyBehind(invite_id)

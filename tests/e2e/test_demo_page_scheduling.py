@@ -60,11 +60,9 @@ async def test_scheduling_on_the_demo_page(
             a, b, c = pages["pro"], pages["first"], pages["second"]
             watches = [Watch(page, base) for page in (a, b, c)]
 
-            # Create: one place, a waitlist, a start whose reminder (60 minutes ahead by
-            # default) is due within 25 s (the field takes minutes: the start is cut to one,
-            # so the reminder may be due at once); typed in the browser's local time.
+            # Create: one place, a waitlist, a start tomorrow, typed in the browser's local time.
             title = "Circle"
-            starts = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=60, seconds=25)
+            starts = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
             local = await a.evaluate(
                 "(iso) => { const d = new Date(iso); return new Date(d.getTime() - "
                 "d.getTimezoneOffset() * 60000).toISOString().slice(0, 16); }",
@@ -129,10 +127,28 @@ async def test_scheduling_on_the_demo_page(
                 1, timeout=WAIT
             )
 
-            # The reminder shows in the live feed of the professional and the accepted client.
+            # A reminder shows in the live feed of the professional and the accepted client
+            # (one that starts 60 minutes and 8 s from now: the default reminder is due in 8 s).
+            soon = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=60, seconds=8)
+            reply = await api.call(
+                "POST",
+                "/api/activities/",
+                json={"title": "Check-in", "starts_at": soon.isoformat()},
+                token=pro.token,
+            )
+            assert reply.status == 201, reply.text
+            check_in = reply.body["id"]
+            reply = await api.call(
+                "POST",
+                "/api/activities/invite",
+                json={"activity_id": check_in, "client_id": second.id},
+                token=pro.token,
+            )
+            assert reply.status == 201, reply.text
+            await _invite(c, "Check-in").get_by_test_id("invite-accept").click(timeout=WAIT)
             for page in (a, c):
-                await expect(_feed(page, "activity.reminder", title)).to_have_count(
-                    1, timeout=40_000
+                await expect(_feed(page, "activity.reminder", "Check-in")).to_have_count(
+                    1, timeout=20_000
                 )
             await expect(_feed(b, "activity.reminder")).to_have_count(0)
 
