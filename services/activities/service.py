@@ -96,6 +96,7 @@ TRANSITIONS: dict[tuple[str, str], str] = {
 STATUSES = ("pending", "accepted", "declined", "cancelled", "waitlisted", "withdrawn")
 BATCH = 200  # reminders sent per transaction
 REMINDER_POLL_SECONDS = 1.0  # another replica's change is seen at least this often
+REMINDER_RETRY_SECONDS = 0.05  # due rows another replica is sending right now
 ACTIVITY_FIELDS = ("title", "description", "starts_at", "duration_minutes", "capacity", "waitlist")
 
 
@@ -817,20 +818,19 @@ async def seconds_to_next_reminder(ctx: ActivitiesContext) -> float | None:
 
 async def run_reminders(ctx: ActivitiesContext) -> None:
     """Send reminders when due, forever: sleeps until the next one is due, wakes when this
-    process changed one, and looks again every REMINDER_POLL_SECONDS (a replica's change)."""
+    process changed one, and looks again every REMINDER_POLL_SECONDS (a replica's change).
+    Only a read while none is due: no write transaction every turn."""
     errors = ErrorOnce(log, "reminders")
     while True:
         ctx.reminders_changed.clear()
         try:
-            sent = await send_due_reminders(ctx)
+            ahead = await seconds_to_next_reminder(ctx)
+            wait = REMINDER_POLL_SECONDS if ahead is None else min(ahead, REMINDER_POLL_SECONDS)
+            if ahead is not None and ahead <= 0:
+                # Due now (or its start passed: dropped). None taken means another replica
+                # holds those rows this moment: look again shortly, not in a busy loop.
+                wait = 0.0 if await send_due_reminders(ctx) else REMINDER_RETRY_SECONDS
             honour_cancellation()
-            wait = REMINDER_POLL_SECONDS
-            if sent < BATCH:
-                ahead = await seconds_to_next_reminder(ctx)
-                if ahead is not None:
-                    wait = min(wait, max(ahead, 0.0))
-            else:
-                wait = 0.0
             errors.clear()
         except asyncio.CancelledError:
             raise
