@@ -69,14 +69,19 @@ def _has_dot_segment(path: str) -> bool:
     return any(segment in (".", "..") for segment in path.split("/"))
 
 
-def _upstream_route(name: str, *, public: frozenset[str] = frozenset()) -> Any:
+def _upstream_route(
+    name: str, *, public: frozenset[str] = frozenset(), anonymous: bool = False
+) -> Any:
+    """Forward to service `name`, with a valid token unless the path is in `public` (or
+    the route is `anonymous`: the path itself is the credential, e.g. a feed's secret)."""
+
     async def handler(request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/")
         if _has_dot_segment(request.path):
             # The upstream URL would be normalised (`/api/auth/../../health` -> `/health`)
             # past this route's prefix: such a path names no route of the API.
             raise Problem(404, "not_found", "No such route.")
-        if path not in public:
+        if not anonymous and path not in public:
             # The gateway answers 401 itself: no unauthenticated request reaches a service
             # (the service checks the token again, so a direct call cannot forge one).
             # Revocations are checked against this process's copy of the list: the
@@ -356,8 +361,21 @@ def create_app(settings: GatewaySettings | None = None) -> web.Application:
     router.add_route("*", "/api/connection/{tail:.*}", connections)
     router.add_route("*", "/api/activities", activities)
     router.add_route("*", "/api/activities/{tail:.*}", activities)
+    _calendar_routes(router, activities)
     router.add_route("*", "/api/{tail:.*}", not_found)
     return app
+
+
+# A calendar feed URL: the activities service answers 404 for any secret it did not hand out.
+FEED_PATH = "/api/calendar/{secret}.ics"
+
+
+def _calendar_routes(router: web.UrlDispatcher, activities: Any) -> None:
+    """Calendar feeds, owned by activities: `/api/calendar.ics` and `/api/calendar/feed`
+    need a token; a secret feed URL does not (calendar apps subscribe to it as it is)."""
+    router.add_get(FEED_PATH, _upstream_route("activities", anonymous=True))
+    router.add_route("*", "/api/calendar.ics", activities)
+    router.add_route("*", "/api/calendar/{tail:.*}", activities)
 
 
 def main() -> None:

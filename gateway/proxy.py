@@ -15,7 +15,7 @@ from services.common.outbox import (
     format_positions,
     parse_positions,
 )
-from services.common.problems import unavailable
+from services.common.problems import logged_path, unavailable
 from services.common.web import read_body
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,11 @@ async def forward(request: web.Request, base_url: str, name: str) -> web.Respons
             )
     except (TimeoutError, aiohttp.ClientConnectionError) as exc:
         log.warning(
-            "upstream %s unavailable for %s %s: %r", name, request.method, request.path, exc
+            "upstream %s unavailable for %s %s: %r",
+            name,
+            request.method,
+            logged_path(request.path),
+            exc,
         )
         raise unavailable(f"The {name} service is unavailable, try again shortly.") from exc
     except aiohttp.ClientPayloadError as exc:

@@ -127,12 +127,24 @@ def test_api_conforms_to_its_openapi(case: schemathesis.Case, stack: Stack, call
         # only come by mail): API.md makes that a 400 `invalid_token`, not a refusal of
         # the request's shape.
         excluded.append(schemathesis.checks.positive_data_acceptance)
+    if response.status_code == 400 and _in_the_past(response):
+        # A well-formed `starts_at` that is not in the future: API.md makes that a 400, and
+        # "after now" is no JSON Schema keyword (the document says it in the description).
+        excluded.append(schemathesis.checks.positive_data_acceptance)
     case.validate_response(
         response,
         headers=headers,
         excluded_checks=excluded,
         transport_kwargs={"base_url": stack.gateway_url, "headers": headers},
     )
+
+
+def _in_the_past(response: schemathesis.Response) -> bool:
+    try:
+        errors = response.json().get("errors")
+    except (ValueError, AttributeError):
+        return False
+    return errors == [{"field": "starts_at", "message": "must be in the future"}]
 
 
 def _code(response: schemathesis.Response) -> str | None:

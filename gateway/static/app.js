@@ -234,19 +234,108 @@
     // Keep a half-filled invite picker's choice across re-renders.
     const chosen = {};
     document.querySelectorAll("select[data-activity]").forEach((s) => (chosen[s.dataset.activity] = s.value));
+    const editing = keepEdits();
     $("activities").replaceChildren(...(items.length ? items : [empty(none)]));
     document.querySelectorAll("select[data-activity]").forEach((s) => {
       if ([...s.options].some((o) => o.value === chosen[s.dataset.activity])) s.value = chosen[s.dataset.activity];
     });
+    editing();
   }
 
   function activityDetails(a) {
-    const facts = [a.starts_at ? `starts ${when(a.starts_at)}` : null, a.capacity ? `capacity ${a.capacity}` : null];
+    const facts = [
+      a.starts_at ? `starts ${when(a.starts_at)}` : null,
+      a.starts_at ? `${a.duration_minutes} min` : null,
+      a.capacity ? `capacity ${a.capacity}` : null,
+      a.waitlist ? "waitlist" : null,
+      a.status === "cancelled" ? "cancelled" : null,
+    ];
+    const places = a.places_left === null || a.places_left === undefined ? null : `${a.places_left} places left`;
     return [
       el("span", { class: "name", "data-testid": "activity-title-text", text: a.title }),
       el("span", { class: "muted", text: facts.filter(Boolean).join(" · ") }),
+      places ? el("span", { class: "badge places", "data-testid": "activity-places-left", text: places }) : null,
       a.description ? el("div", { class: "description", text: a.description }) : null,
     ];
+  }
+
+  // ---------------------------------------------------------------- scheduling (edit, withdraw, calendar)
+
+  // A datetime-local value (the browser's time zone) for an ISO instant, and back to one with
+  // an explicit offset (the API refuses a start without one).
+  function localInput(iso) {
+    if (!iso) return "";
+    const d = new Date(iso);
+    return new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+  }
+  const instant = (local) => (local ? new Date(local).toISOString() : null);
+
+  function editForm(a) {
+    const field = (name, attrs) => el("input", { "data-testid": `activity-edit-${name}`, id: `activity-edit-${name}-${a.id}`, ...attrs });
+    const title = field("title", { value: a.title, required: true, maxlength: 200, "aria-label": "Title" });
+    const starts = field("starts", { type: "datetime-local", value: localInput(a.starts_at), "aria-label": "Starts" });
+    const duration = field("duration", { type: "number", min: 5, max: 1440, value: a.duration_minutes, "aria-label": "Minutes" });
+    const capacity = field("capacity", { type: "number", min: 1, value: a.capacity ?? "", "aria-label": "Capacity" });
+    const waitlist = field("waitlist", { type: "checkbox", "aria-label": "Waitlist" });
+    waitlist.checked = a.waitlist;
+    const save = (ev) => {
+      ev.preventDefault();
+      const body = {
+        title: title.value,
+        starts_at: instant(starts.value),
+        duration_minutes: Number(duration.value),
+        capacity: capacity.value ? Number(capacity.value) : null,
+        waitlist: waitlist.checked,
+      };
+      return act(ev.submitter, () => api("PATCH", `/api/activities/${a.id}`, body), "activities");
+    };
+    const form = el(
+      "form",
+      { class: "inline edit", "data-testid": "activity-edit-form", id: `activity-edit-form-${a.id}` },
+      title, starts, el("label", {}, duration, " min"), el("label", {}, "cap ", capacity),
+      el("label", {}, waitlist, " waitlist"),
+      el("button", { type: "submit", "data-testid": "activity-edit-submit", id: `activity-edit-submit-${a.id}`, text: "Save" }),
+    );
+    form.addEventListener("submit", save);
+    return el("details", { "data-testid": "activity-edit" }, el("summary", { text: "Edit" }), form);
+  }
+
+  // An edit form that is open stays open, with what was typed, when the list re-renders
+  // (every notification reloads it).
+  function keepEdits() {
+    const open = [...document.querySelectorAll('[data-testid="activity-edit"][open]')].map((d) => {
+      const fields = [...d.querySelectorAll("input")].map((i) => [i.id, i.type === "checkbox" ? i.checked : i.value]);
+      return [d.closest("li").id, fields];
+    });
+    return () => {
+      for (const [itemId, fields] of open) {
+        const details = document.querySelector(`#${itemId} [data-testid="activity-edit"]`);
+        if (!details) continue;
+        details.open = true;
+        for (const [id, value] of fields) {
+          const input = $(id);
+          if (input && input.type === "checkbox") input.checked = value;
+          else if (input) input.value = value;
+        }
+      }
+    };
+  }
+
+  function withdrawButton(inv) {
+    const withdraw = (ev) =>
+      act(ev.target, () => api("POST", "/api/activities/respond", { invite_id: inv.id, action: "withdraw" }), "activities");
+    return button("Withdraw", "invite-withdraw", `invite-withdraw-${inv.id}`, withdraw);
+  }
+
+  async function subscribeCalendar(ev) {
+    await act(ev.target, async () => {
+      const { url } = await api("POST", "/api/calendar/feed");
+      const link = $("calendar-link");
+      link.href = url.replace(/^https?:/, "webcal:");
+      link.textContent = url;
+      link.hidden = false;
+      $("calendar-note").hidden = false;
+    });
   }
 
   function activityItem(a) {
@@ -278,6 +367,7 @@
         button("Invite", "activity-invite-submit", `activity-invite-submit-${a.id}`, invite, "primary"),
         button("Delete", "activity-delete", `activity-delete-${a.id}`, remove),
       ),
+      editForm(a),
     );
   }
 
@@ -291,11 +381,16 @@
         button("Decline", "invite-decline", `invite-decline-${inv.id}`, respond("decline")),
       );
     }
+    if (inv.status === "accepted" || inv.status === "waitlisted") actions.append(withdrawButton(inv));
+    const position = inv.status === "waitlisted" && inv.waitlist_position
+      ? el("span", { class: "badge waitlisted", "data-testid": "invite-waitlist-position", text: `#${inv.waitlist_position} on the waitlist` })
+      : null;
     return el(
       "li",
       { id: `invite-${inv.id}`, "data-testid": "invite", "data-id": inv.id, "data-status": inv.status },
       ...activityDetails(inv.activity),
       el("span", { class: `badge ${inv.status}`, "data-testid": "invite-status", text: inv.status }),
+      position,
       actions,
     );
   }
@@ -418,6 +513,10 @@
       "activity.invite_declined": `${client} declined “${title}”`,
       "activity.cancelled": `“${title}” was cancelled`,
       "activity.invite_cancelled": `Invitation to “${title}” cancelled`,
+      "activity.updated": `“${title}” was changed${d.activity && d.activity.starts_at ? `: starts ${when(d.activity.starts_at)}` : ""}`,
+      "activity.invite_withdrawn": `${client} withdrew from “${title}”`,
+      "activity.invite_promoted": user.role === "client" ? `A place freed: you are in “${title}”` : `${client} got a place in “${title}”`,
+      "activity.reminder": `Reminder: “${title}” starts ${d.activity ? when(d.activity.starts_at) : "soon"}`,
       reset: "Some notifications were no longer held: lists reloaded",
     };
     return texts[msg.type] || msg.type;
@@ -662,6 +761,8 @@
     const body = { title: $("activity-title").value, description: $("activity-description").value };
     if ($("activity-starts").value) body.starts_at = new Date($("activity-starts").value).toISOString();
     if ($("activity-capacity").value) body.capacity = Number($("activity-capacity").value);
+    if ($("activity-duration").value) body.duration_minutes = Number($("activity-duration").value);
+    body.waitlist = $("activity-waitlist").checked;
     if (await act($("activity-submit"), () => api("POST", "/api/activities/", body), "activities")) {
       ev.target.reset();
     }
@@ -837,6 +938,7 @@
 
   $("mailbox-refresh").addEventListener("click", loadMailbox);
   $("mailbox-filter").addEventListener("change", loadMailbox);
+  $("calendar-subscribe").addEventListener("click", subscribeCalendar);
 
   // ---------------------------------------------------------------- start
 

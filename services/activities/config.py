@@ -1,5 +1,6 @@
 """Activities service settings (env prefix ACTIVITIES_, shared names unprefixed)."""
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
@@ -10,3 +11,6 @@ class ActivitiesSettings(ServiceSettings):
 
     service_name: str = "activities"
     port: int = 8083
+    # Minutes before an activity's start that its reminder goes out (API.md's name, without
+    # the prefix); fractions allowed, e.g. 0.5 for 30 seconds.
+    reminder_minutes: float = Field(60.0, gt=0, le=525_600, validation_alias="REMINDER_MINUTES")

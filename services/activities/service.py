@@ -1,17 +1,33 @@
-"""Activities use cases: create, invite, respond, list, delete, and the connection cascade.
-No HTTP here."""
+"""Activities use cases: create, change, invite, respond (waitlist, withdraw), list, delete,
+reminders, calendar feeds, and the connection cascade. No HTTP here."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import hashlib
+import logging
+import secrets
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy.exc
-from sqlalchemy import bindparam, case, func, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, aliased
 
 from services.common.consumer import CatchUp, CopyBehind
 from services.common.copies import apply_connections
@@ -24,8 +40,12 @@ from services.common.events import (
     ActivityInviteCancelled,
     ActivityInvited,
     ActivityInviteDeclined,
+    ActivityInvitePromoted,
+    ActivityInviteWithdrawn,
     ActivityPayload,
+    ActivityReminder,
     ActivitySummary,
+    ActivityUpdated,
     ConnectionData,
     ConnectionEvent,
     ConnectionRemovalApplied,
@@ -39,9 +59,45 @@ from services.common.events import (
     format_timestamp,
 )
 from services.common.outbox import stage
+from services.common.tasks import ErrorOnce, honour_cancellation
 from services.common.tokens import Identity
 
-from .tables import OPEN, Activity, ConnectionCopy, Invite
+from .tables import (
+    OPEN,
+    Activity,
+    CalendarFeed,
+    ConnectionCopy,
+    Invite,
+    ProfessionalCopy,
+    Reminder,
+)
+
+log = logging.getLogger(__name__)
+
+# The invite state machine, in one place: (status, action) -> the status it leads to. Any
+# pair not here is refused (the use case says how). `join_waitlist` is an accept of a full
+# activity that keeps a waitlist; `promote` gives a freed place to the oldest waitlisted
+# invite; `disconnect` is a connection removal (pending invites only: an accepted or
+# waitlisted client keeps their place, as they already said yes); `cancel` is the
+# activity's deletion (every invite, declined and withdrawn ones too).
+TRANSITIONS: dict[tuple[str, str], str] = {
+    ("pending", "accept"): "accepted",
+    ("pending", "join_waitlist"): "waitlisted",
+    ("pending", "decline"): "declined",
+    ("accepted", "withdraw"): "withdrawn",
+    ("waitlisted", "withdraw"): "withdrawn",
+    ("waitlisted", "promote"): "accepted",
+    ("pending", "disconnect"): "cancelled",
+    **{
+        (status, "cancel"): "cancelled"
+        for status in ("pending", "accepted", "waitlisted", "declined", "withdrawn")
+    },
+}
+STATUSES = ("pending", "accepted", "declined", "cancelled", "waitlisted", "withdrawn")
+BATCH = 200  # reminders sent per transaction
+REMINDER_POLL_SECONDS = 1.0  # another replica's change is seen at least this often
+REMINDER_RETRY_SECONDS = 0.05  # due rows another replica is sending right now
+ACTIVITY_FIELDS = ("title", "description", "starts_at", "duration_minutes", "capacity", "waitlist")
 
 
 class ActivitiesError(Exception):
@@ -72,14 +128,60 @@ class ActivityFull(ActivitiesError):
     pass
 
 
+class InviteNotAccepted(ActivitiesError):
+    """A withdrawal of an invite that is neither accepted nor waitlisted."""
+
+
+class ActivityIsCancelled(ActivitiesError):
+    """A change to an activity its owner has deleted."""
+
+
+class CapacityBelowAccepted(ActivitiesError):
+    pass
+
+
+class StartsInPast(ActivitiesError):
+    """A start that is not in the future: a 400 about the `starts_at` field."""
+
+    errors = [{"field": "starts_at", "message": "must be in the future"}]
+
+
+class FeedNotFound(ActivitiesError):
+    pass
+
+
+class InvalidTransition(ActivitiesError):
+    pass
+
+
+def next_status(status: str, action: str) -> str:
+    """Where `action` takes an invite in `status` (TRANSITIONS), else InvalidTransition."""
+    found = TRANSITIONS.get((status, action))
+    if found is None:
+        raise InvalidTransition(f"{action} of a {status} invite")
+    return found
+
+
 @dataclass(slots=True)
 class ActivitiesContext:
     db: Database
     # Waits until the connections copy has applied every event already published.
     catch_up: CatchUp
+    # REMINDER_MINUTES: how long before the start the reminder goes out.
+    reminder_minutes: float = 60.0
+    public_url: str = "http://127.0.0.1:8080"
+    # The time now (tests give a clock of their own).
+    clock: Callable[[], dt.datetime] = utcnow
+    # Set when this process changed a reminder: the scheduler looks again at once.
+    reminders_changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 INSERT_ACTIVITY = insert(Activity.__table__).returning(Activity.__table__.c.id)
+INSERT_REMINDER = insert(Reminder.__table__)
+
+
+def places_left(capacity: int | None, accepted: int) -> int | None:
+    return None if capacity is None else max(capacity - accepted, 0)
 
 
 def summary(activity: Activity) -> ActivitySummary:
@@ -91,6 +193,10 @@ def summary(activity: Activity) -> ActivitySummary:
         starts_at=activity.starts_at,
         capacity=activity.capacity,
         created_at=activity.created_at,
+        duration_minutes=activity.duration_minutes,
+        waitlist=activity.waitlist,
+        places_left=places_left(activity.capacity, activity.accepted),
+        status="cancelled" if activity.deleted_at is not None else "scheduled",
     )
 
 
@@ -98,7 +204,7 @@ def activity_view(activity: Activity, counts: InviteCounts) -> ActivityData:
     return ActivityData(**summary(activity).model_dump(), invites=counts)
 
 
-def invite_view(invite: Invite, activity: Activity) -> InviteData:
+def invite_view(invite: Invite, activity: Activity, position: int | None = None) -> InviteData:
     return InviteData(
         id=invite.id,
         status=invite.status,
@@ -106,7 +212,35 @@ def invite_view(invite: Invite, activity: Activity) -> InviteData:
         activity=summary(activity),
         created_at=invite.created_at,
         updated_at=invite.updated_at,
+        waitlist_position=position if invite.status == "waitlisted" else None,
     )
+
+
+def _ahead(invite: Any) -> Any:
+    """Waitlisted invites of the same activity that came before `invite` (or are it)."""
+    return and_(
+        Invite.activity_id == invite.activity_id,
+        Invite.status == "waitlisted",
+        or_(
+            Invite.waitlisted_at < invite.waitlisted_at,
+            and_(Invite.waitlisted_at == invite.waitlisted_at, Invite.id <= invite.id),
+        ),
+    )
+
+
+def _position(session: Session, invite: Invite) -> int | None:
+    """1 for the waitlisted invite that gets the next place; None when not waitlisted."""
+    if invite.status != "waitlisted":
+        return None
+    return session.scalar(select(func.count()).where(_ahead(invite)))
+
+
+def _move(invite: Invite, action: str, now: dt.datetime) -> None:
+    """Take `invite` through the state machine (TRANSITIONS)."""
+    status = next_status(invite.status, action)
+    invite.previous_status, invite.status = invite.status, status
+    invite.updated_at = now
+    invite.waitlisted_at = now if status == "waitlisted" else None
 
 
 def _counts(session: Session, activity_ids: Sequence[int]) -> dict[int, InviteCounts]:
@@ -127,6 +261,18 @@ def _counts(session: Session, activity_ids: Sequence[int]) -> dict[int, InviteCo
     return {a: InviteCounts(**found.get(a, {})) for a in activity_ids}
 
 
+def _check_future(ctx: ActivitiesContext, starts_at: dt.datetime | None) -> None:
+    if starts_at is not None and starts_at <= ctx.clock():
+        raise StartsInPast(starts_at)
+
+
+def _schedule_reminder(session: Session, activity_id: int, starts_at: dt.datetime | None) -> None:
+    """The activity's reminder follows its start: moved, or dropped without one."""
+    session.execute(delete(Reminder).where(Reminder.activity_id == activity_id))
+    if starts_at is not None:
+        session.execute(INSERT_REMINDER, {"activity_id": activity_id, "starts_at": starts_at})
+
+
 async def create_activity(
     ctx: ActivitiesContext,
     *,
@@ -135,25 +281,136 @@ async def create_activity(
     description: str,
     starts_at: dt.datetime | None,
     capacity: int | None,
+    duration_minutes: int = 60,
+    waitlist: bool = False,
 ) -> ActivityData:
-
+    _check_future(ctx, starts_at)
+    now = utcnow()
     values = {
         "professional_id": identity.user_id,
         "title": title,
         "description": description,
         "starts_at": starts_at,
         "capacity": capacity,
-        "created_at": utcnow(),
+        "created_at": now,
+        "duration_minutes": duration_minutes,
+        "waitlist": waitlist,
+        "accepted": 0,
+        "sequence": 0,
+        "updated_at": now,
     }
 
     def create(session: Session) -> ActivityData:
         # A Core insert: creation is the hot write, and an ORM flush costs ~3x as much.
         activity_id = session.scalar(INSERT_ACTIVITY, values)
-        data = ActivityData(id=activity_id, **values, invites=InviteCounts())
+        if starts_at is not None:
+            session.execute(INSERT_REMINDER, {"activity_id": activity_id, "starts_at": starts_at})
+        data = ActivityData(
+            id=activity_id,
+            professional_id=identity.user_id,
+            title=title,
+            description=description,
+            starts_at=starts_at,
+            capacity=capacity,
+            created_at=now,
+            duration_minutes=duration_minutes,
+            waitlist=waitlist,
+            places_left=capacity,
+            status="scheduled",
+            invites=InviteCounts(),
+        )
         stage(session, ActivityCreated(data=ActivityPayload(activity=data)))
         return data
 
-    return await ctx.db.write(create)
+    data = await ctx.db.write(create)
+    if starts_at is not None:
+        ctx.reminders_changed.set()
+    return data
+
+
+def _promote(session: Session, activity: Activity, now: dt.datetime) -> list[Invite]:
+    """Give every free place to the oldest waitlisted invites (the activity row is locked
+    by the caller, so no other transaction frees or takes a place meanwhile)."""
+    free = None if activity.capacity is None else activity.capacity - activity.accepted
+    if free is not None and free <= 0:
+        return []
+    query = (
+        select(Invite)
+        .where(Invite.activity_id == activity.id, Invite.status == "waitlisted")
+        .order_by(Invite.waitlisted_at, Invite.id)
+        .with_for_update()
+    )
+    if free is not None:
+        query = query.limit(free)
+    promoted = list(session.scalars(query))
+    for row in promoted:
+        _move(row, "promote", now)
+        activity.accepted += 1
+    return promoted
+
+
+def _stage_promotions(session: Session, activity: Activity, promoted: Sequence[Invite]) -> None:
+    for row in promoted:
+        stage(
+            session,
+            ActivityInvitePromoted(
+                data=InvitePayload(invite=invite_view(row, activity)),
+                recipient_ids=sorted({row.client_id, activity.professional_id}),
+            ),
+        )
+
+
+async def update_activity(
+    ctx: ActivitiesContext, *, identity: Identity, activity_id: int, changes: Mapping[str, Any]
+) -> ActivityData:
+    """The owner changes any of ACTIVITY_FIELDS. Nothing that differs: 200, nothing sent."""
+    if "starts_at" in changes:
+        _check_future(ctx, changes["starts_at"])
+
+    def change(session: Session) -> ActivityData:
+        activity = session.scalar(
+            select(Activity)
+            .where(Activity.id == activity_id, Activity.professional_id == identity.user_id)
+            .with_for_update()
+        )
+        if activity is None:
+            raise ActivityNotFound(activity_id)
+        if activity.deleted_at is not None:
+            raise ActivityIsCancelled(activity_id)
+        capacity = changes.get("capacity", activity.capacity)
+        if capacity is not None and capacity < activity.accepted:
+            raise CapacityBelowAccepted(activity_id)
+        changed = {k: v for k, v in changes.items() if getattr(activity, k) != v}
+        if not changed:
+            return activity_view(activity, _counts(session, [activity.id])[activity.id])
+        now = utcnow()
+        for name, value in changed.items():
+            setattr(activity, name, value)
+        activity.sequence += 1
+        activity.updated_at = now
+        if "starts_at" in changed:
+            _schedule_reminder(session, activity.id, activity.starts_at)
+        promoted = _promote(session, activity, now) if "capacity" in changed else []
+        session.flush()
+        view = activity_view(activity, _counts(session, [activity.id])[activity.id])
+        told = session.scalars(
+            select(Invite.client_id).where(
+                Invite.activity_id == activity.id, Invite.status.in_(OPEN)
+            )
+        ).all()
+        stage(
+            session,
+            ActivityUpdated(data=ActivityPayload(activity=view), recipient_ids=sorted(set(told))),
+        )
+        _stage_promotions(session, activity, promoted)
+        moved.append("starts_at" in changed)
+        return view
+
+    moved: list[bool] = []  # whether the committed change moved the reminder
+    data = await ctx.db.write(change)
+    if any(moved):
+        ctx.reminders_changed.set()
+    return data
 
 
 def _pair(professional_id: int, client_id: int) -> Callable[[Event], bool]:
@@ -261,44 +518,64 @@ async def invite(
 
 
 async def respond(
-    ctx: ActivitiesContext, *, identity: Identity, invite_id: int, accept: bool
+    ctx: ActivitiesContext, *, identity: Identity, invite_id: int, action: str
 ) -> InviteData:
+    """The invitee accepts (waitlisted when full with a waitlist), declines or withdraws."""
     # An invite cancelled by a connection removal a moment ago stays so.
     if not await ctx.catch_up(about=_party("client", identity.user_id)):
         raise CopyBehind(invite_id)
 
     def answer(session: Session) -> InviteData:
-        row = session.scalar(
-            select(Invite)
-            .where(Invite.id == invite_id, Invite.client_id == identity.user_id)
-            .with_for_update()
-        )
-        if row is None:
-            raise InviteNotFound(invite_id)
-        if row.status != "pending":
-            raise InviteNotPending(invite_id)
-        # Lock the activity: accepts of one activity queue here, so the capacity check
-        # and the update below cannot interleave (SQLite: one writer at a time anyway).
-        activity = session.scalar(
-            select(Activity).where(Activity.id == row.activity_id).with_for_update()
-        )
-        assert activity is not None
-        if accept and activity.capacity is not None:
-            accepted = session.scalar(
-                select(func.count()).where(
-                    Invite.activity_id == activity.id, Invite.status == "accepted"
-                )
+        activity_id = session.scalar(
+            select(Invite.activity_id).where(
+                Invite.id == invite_id, Invite.client_id == identity.user_id
             )
-            if accepted >= activity.capacity:
-                raise ActivityFull(activity.id)
-        row.status = "accepted" if accept else "declined"
-        row.updated_at = utcnow()
-        data = invite_view(row, activity)
-        event_cls = ActivityInviteAccepted if accept else ActivityInviteDeclined
+        )
+        if activity_id is None:
+            raise InviteNotFound(invite_id)
+        # The activity row first, then the invite (every writer of places locks in this
+        # order, so none waits on another in a cycle): accepts, withdrawals, promotions and
+        # capacity changes of one activity queue here, and each one reads the places (and
+        # the invite) as the one before it left them, also under READ COMMITTED. SQLite
+        # has one writer at a time anyway.
+        activity = session.scalar(
+            select(Activity).where(Activity.id == activity_id).with_for_update()
+        )
+        row = session.scalar(select(Invite).where(Invite.id == invite_id).with_for_update())
+        assert activity is not None and row is not None
+        now = utcnow()
+        promoted: list[Invite] = []
+        if action == "withdraw":
+            if (row.status, action) not in TRANSITIONS:
+                raise InviteNotAccepted(invite_id)
+            if row.status == "accepted":
+                activity.accepted -= 1
+            _move(row, "withdraw", now)
+            promoted = _promote(session, activity, now)
+            event_cls: type[Any] = ActivityInviteWithdrawn
+        else:
+            if row.status != "pending":
+                raise InviteNotPending(invite_id)
+            if action == "decline":
+                _move(row, "decline", now)
+                event_cls = ActivityInviteDeclined
+            else:
+                full = activity.capacity is not None and activity.accepted >= activity.capacity
+                if full and not activity.waitlist:
+                    raise ActivityFull(activity.id)
+                _move(row, "join_waitlist" if full else "accept", now)
+                if not full:
+                    activity.accepted += 1
+                # A client who joins the waitlist accepted too: the professional sees it
+                # as an accept whose invite is waitlisted.
+                event_cls = ActivityInviteAccepted
+        session.flush()
+        data = invite_view(row, activity, _position(session, row))
         stage(
             session,
             event_cls(data=InvitePayload(invite=data), recipient_ids=[row.professional_id]),
         )
+        _stage_promotions(session, activity, promoted)
         return data
 
     return await ctx.db.write(answer)
@@ -316,6 +593,12 @@ _ACTIVITY_COLUMNS = (
     Activity.starts_at,
     Activity.capacity,
     Activity.created_at,
+    Activity.duration_minutes,
+    Activity.waitlist,
+    Activity.accepted.label("accepted_now"),
+    # Computed by the database: a text column costs the hot lists less than a timestamp
+    # they would only test for null.
+    case((Activity.deleted_at.is_(None), "scheduled"), else_="cancelled").label("activity_status"),
 )
 _PAGE = (
     select(Activity.id)
@@ -334,6 +617,25 @@ LIST_ACTIVITIES = (
     .group_by(Activity.id)
     .order_by(Activity.id.desc())
 )
+_AHEAD = aliased(Invite)
+# Only a waitlisted invite's row counts the ones ahead of it (CASE evaluates it lazily).
+_WAITLIST_POSITION = case(
+    (
+        Invite.status == "waitlisted",
+        select(func.count())
+        .where(
+            _AHEAD.activity_id == Invite.activity_id,
+            _AHEAD.status == "waitlisted",
+            or_(
+                _AHEAD.waitlisted_at < Invite.waitlisted_at,
+                and_(_AHEAD.waitlisted_at == Invite.waitlisted_at, _AHEAD.id <= Invite.id),
+            ),
+        )
+        .correlate(Invite)
+        .scalar_subquery(),
+    ),
+    else_=None,
+).label("waitlist_position")
 LIST_INVITES = (
     select(
         Invite.id.label("invite_id"),
@@ -341,6 +643,7 @@ LIST_INVITES = (
         Invite.client_id,
         Invite.created_at.label("invite_created_at"),
         Invite.updated_at,
+        _WAITLIST_POSITION,
         *_ACTIVITY_COLUMNS,
     )
     .join(Activity, Activity.id == Invite.activity_id)
@@ -353,14 +656,19 @@ LIST_INVITES = (
 
 def _summary_json(row: Mapping[str, Any]) -> dict[str, Any]:
     starts_at = row["starts_at"]
+    capacity = row["capacity"]
     return {
         "id": row["id"],
         "professional_id": row["professional_id"],
         "title": row["title"],
         "description": row["description"],
         "starts_at": format_timestamp(starts_at) if starts_at is not None else None,
-        "capacity": row["capacity"],
+        "capacity": capacity,
         "created_at": format_timestamp(row["created_at"]),
+        "duration_minutes": row["duration_minutes"],
+        "waitlist": bool(row["waitlist"]),
+        "places_left": places_left(capacity, row["accepted_now"]),
+        "status": row["activity_status"],
     }
 
 
@@ -372,7 +680,7 @@ def activity_json(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def invite_json(row: Mapping[str, Any]) -> dict[str, Any]:
     """The Invite object of API.md from one list row (same shape as `invite_view`)."""
-    return {
+    found = {
         "id": row["invite_id"],
         "status": row["status"],
         "client_id": row["client_id"],
@@ -380,6 +688,9 @@ def invite_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "created_at": format_timestamp(row["invite_created_at"]),
         "updated_at": format_timestamp(row["updated_at"]),
     }
+    if row["waitlist_position"] is not None:  # only while waitlisted
+        found["waitlist_position"] = row["waitlist_position"]
+    return found
 
 
 async def list_activities(
@@ -413,23 +724,279 @@ async def delete_activity(ctx: ActivitiesContext, *, identity: Identity, activit
             )
         ).all()
         now = utcnow()
+        activity.deleted_at = now
+        activity.updated_at = now
+        activity.sequence += 1
+        view = activity_view(activity, counts)  # as it was, marked cancelled
         # Every invite of it ends cancelled, a declined one too (API.md, version 3); only
-        # the clients still expecting it (pending or accepted) are told.
+        # the clients still expecting it (pending, accepted or waitlisted) are told.
         session.execute(
             update(Invite)
             .where(Invite.activity_id == activity.id, Invite.status != "cancelled")
-            .values(status="cancelled", updated_at=now)
+            .values(status="cancelled", previous_status=Invite.status, updated_at=now)
+            .execution_options(synchronize_session=False)
         )
-        activity.deleted_at = now
+        activity.accepted = 0
+        session.execute(delete(Reminder).where(Reminder.activity_id == activity.id))
         stage(
             session,
             ActivityCancelled(
-                data=ActivityPayload(activity=activity_view(activity, counts)),
-                recipient_ids=sorted(set(notified)),
+                data=ActivityPayload(activity=view), recipient_ids=sorted(set(notified))
             ),
         )
 
     await ctx.db.write(cancel)
+
+
+# --- reminders -----------------------------------------------------------------------------
+
+
+async def send_due_reminders(ctx: ActivitiesContext, *, limit: int = BATCH) -> int:
+    """Turn the reminders due now into `activity.reminder` events; returns how many rows it
+    took (sent, or dropped: the activity has started or is gone).
+
+    The rows are deleted in the transaction that stages their events, so a reminder is
+    sent once whatever restarts (the outbox carries it on to the stream). Replicas on one
+    PostgreSQL database each claim other rows (FOR UPDATE SKIP LOCKED); on SQLite one
+    writer at a time does it. The recipients are read now: a client who withdrew since the
+    activity was made gets none, one promoted since gets it.
+    """
+    now = ctx.clock()
+    horizon = now + dt.timedelta(minutes=ctx.reminder_minutes)
+
+    def fire(session: Session) -> int:
+        claimed = session.execute(
+            select(Reminder.activity_id)
+            .where(Reminder.starts_at <= horizon)
+            .order_by(Reminder.starts_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).scalars()
+        ids = list(claimed)
+        if not ids:
+            return 0
+        session.execute(delete(Reminder).where(Reminder.activity_id.in_(ids)))
+        activities = session.scalars(
+            select(Activity).where(
+                Activity.id.in_(ids),
+                Activity.deleted_at.is_(None),
+                Activity.starts_at > now,  # one whose start passed while all was down: none
+            )
+        ).all()
+        due = {a.id: a for a in activities}
+        clients: dict[int, set[int]] = {a: set() for a in due}
+        if due:
+            accepted = session.execute(
+                select(Invite.activity_id, Invite.client_id).where(
+                    Invite.activity_id.in_(list(due)), Invite.status == "accepted"
+                )
+            )
+            for activity_id, client_id in accepted:
+                clients[activity_id].add(client_id)
+        counts = _counts(session, list(due))
+        for activity in sorted(due.values(), key=lambda a: (a.starts_at, a.id)):
+            stage(
+                session,
+                ActivityReminder(
+                    data=ActivityPayload(activity=activity_view(activity, counts[activity.id])),
+                    recipient_ids=sorted({activity.professional_id, *clients[activity.id]}),
+                ),
+            )
+        return len(ids)
+
+    return await ctx.db.write(fire)
+
+
+async def seconds_to_next_reminder(ctx: ActivitiesContext) -> float | None:
+    """How long until the next reminder is due (negative: overdue), None without one."""
+    first = await ctx.db.query(lambda s: s.scalar(select(func.min(Reminder.starts_at))))
+    if first is None:
+        return None
+    due = first - dt.timedelta(minutes=ctx.reminder_minutes)
+    return (due - ctx.clock()).total_seconds()
+
+
+async def run_reminders(ctx: ActivitiesContext) -> None:
+    """Send reminders when due, forever: sleeps until the next one is due, wakes when this
+    process changed one, and looks again every REMINDER_POLL_SECONDS (a replica's change).
+    Only a read while none is due: no write transaction every turn."""
+    errors = ErrorOnce(log, "reminders")
+    while True:
+        ctx.reminders_changed.clear()
+        try:
+            ahead = await seconds_to_next_reminder(ctx)
+            wait = REMINDER_POLL_SECONDS if ahead is None else min(ahead, REMINDER_POLL_SECONDS)
+            if ahead is not None and ahead <= 0:
+                # Due now (or its start passed: dropped). None taken means another replica
+                # holds those rows this moment: look again shortly, not in a busy loop.
+                wait = 0.0 if await send_due_reminders(ctx) else REMINDER_RETRY_SECONDS
+            honour_cancellation()
+            errors.clear()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the database down: the rows wait, nothing is lost
+            errors.note(exc, expected=isinstance(exc, sqlalchemy.exc.SQLAlchemyError | OSError))
+            wait = REMINDER_POLL_SECONDS
+        if wait <= 0:
+            continue
+        # Not asyncio.wait_for (see outbox._pump: it may swallow a cancellation).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await ctx.reminders_changed.wait()
+
+
+# --- calendar feeds --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CalendarEntry:
+    """One activity as a calendar shows it."""
+
+    activity_id: int
+    title: str
+    description: str
+    starts_at: dt.datetime
+    duration_minutes: int
+    cancelled: bool
+    sequence: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    professional_id: int
+    organizer_name: str | None
+    organizer_email: str | None
+
+
+_CALENDAR_COLUMNS = (
+    Activity.id,
+    Activity.title,
+    Activity.description,
+    Activity.starts_at,
+    Activity.duration_minutes,
+    Activity.deleted_at,
+    Activity.sequence,
+    Activity.created_at,
+    Activity.updated_at,
+    Activity.professional_id,
+    ProfessionalCopy.name,
+    ProfessionalCopy.email,
+)
+CALENDAR_LIMIT = 2000  # the newest starts; a feed is read whole by calendar apps
+
+
+def _calendar_rows(session: Session, user_id: int, role: str) -> list[CalendarEntry]:
+    query = (
+        select(*_CALENDAR_COLUMNS)
+        .outerjoin(ProfessionalCopy, ProfessionalCopy.id == Activity.professional_id)
+        .where(Activity.starts_at.is_not(None))
+    )
+    if role == "professional":
+        query = query.where(Activity.professional_id == user_id)
+    else:
+        # Accepted invites; one that was accepted when the activity was deleted stays, as
+        # cancelled, so a calendar that had it drops it.
+        query = query.join(Invite, Invite.activity_id == Activity.id).where(
+            Invite.client_id == user_id,
+            or_(
+                Invite.status == "accepted",
+                and_(
+                    Invite.status == "cancelled",
+                    Invite.previous_status == "accepted",
+                    Activity.deleted_at.is_not(None),
+                ),
+            ),
+        )
+    query = query.order_by(Activity.starts_at.desc(), Activity.id.desc()).limit(CALENDAR_LIMIT)
+    return [
+        CalendarEntry(
+            activity_id=row.id,
+            title=row.title,
+            description=row.description,
+            starts_at=row.starts_at,
+            duration_minutes=row.duration_minutes,
+            cancelled=row.deleted_at is not None,
+            sequence=row.sequence,
+            created_at=row.created_at,
+            updated_at=row.updated_at or row.created_at,
+            professional_id=row.professional_id,
+            organizer_name=row.name,
+            organizer_email=row.email,
+        )
+        for row in session.execute(query)
+    ]
+
+
+async def calendar_entries(
+    ctx: ActivitiesContext, *, user_id: int, role: str
+) -> list[CalendarEntry]:
+    """The activities with a start in the user's calendar: a professional's own; a client's
+    accepted ones (cancelled ones stay, marked so)."""
+    return await ctx.db.query(lambda session: _calendar_rows(session, user_id, role))
+
+
+def _feed_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def rotate_feed(ctx: ActivitiesContext, *, identity: Identity) -> str:
+    """A new secret feed URL for the caller; the one before stops working. Only a hash of
+    the secret is stored."""
+    secret = secrets.token_urlsafe(32)
+    row = {
+        "user_id": identity.user_id,
+        "role": identity.role,
+        "secret_hash": _feed_hash(secret),
+        "created_at": utcnow(),
+    }
+
+    def store(session: Session) -> None:
+        dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+        stmt = dialect.insert(CalendarFeed.__table__).values(row)
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[CalendarFeed.user_id],
+                set_={k: stmt.excluded[k] for k in ("role", "secret_hash", "created_at")},
+            )
+        )
+
+    await ctx.db.write(store)
+    return f"{ctx.public_url.rstrip('/')}/api/calendar/{secret}.ics"
+
+
+async def feed_entries(ctx: ActivitiesContext, *, secret: str) -> list[CalendarEntry]:
+    """The calendar behind a secret feed URL, else FeedNotFound (whoever's it is)."""
+    digest = _feed_hash(secret)
+
+    def read(session: Session) -> list[CalendarEntry]:
+        owner = session.execute(
+            select(CalendarFeed.user_id, CalendarFeed.role).where(
+                CalendarFeed.secret_hash == digest
+            )
+        ).first()
+        if owner is None:
+            raise FeedNotFound()
+        return _calendar_rows(session, owner.user_id, owner.role)
+
+    return await ctx.db.query(read)
+
+
+def _keep_professionals(session: Session, connections: Sequence[ConnectionData]) -> None:
+    """Names and emails of the professionals in these connections (calendar ORGANIZER)."""
+    found = {
+        p.id: {"id": p.id, "name": p.name, "email": p.email}
+        for p in (c.professional for c in connections)
+        if p.id is not None
+    }
+    if not found:
+        return
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(ProfessionalCopy.__table__)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[ProfessionalCopy.id],
+            set_={"name": stmt.excluded.name, "email": stmt.excluded.email},
+        ),
+        list(found.values()),
+    )
 
 
 def on_connection_changed(event: ConnectionEvent) -> Callable[[Session], None]:
@@ -451,6 +1018,7 @@ def on_connections_changed(events: Sequence[ConnectionEvent]) -> Callable[[Sessi
 
     def apply(session: Session) -> None:
         changed = apply_connections(session, ConnectionCopy, [e.data.connection for e in events])
+        _keep_professionals(session, [e.data.connection for e in events])
         cascaded: set[int] = set()
         for event in events:
             if not isinstance(event, ConnectionRemoved):
@@ -491,6 +1059,10 @@ def _cascade_removal(
     connection. (Sparing every invite whenever the pair was connected again missed the
     cancellation of the invites made under the removed connection.) Otherwise every
     pending invite of the pair goes, including one that raced the removal.
+
+    Accepted and waitlisted invites stay as they are (API.md: pending -> cancelled): the
+    client said yes to that session, and no place frees, so the removal promotes nobody
+    and its only consequences are the pair client's `activity.invite_cancelled`.
     """
     assert connection.client.id is not None
     pro_id, client_id = connection.professional.id or 0, connection.client.id
@@ -509,8 +1081,7 @@ def _cascade_removal(
     rows = session.execute(query).all()
     now = utcnow()
     for row, activity in rows:
-        row.status = "cancelled"
-        row.updated_at = now
+        _move(row, "disconnect", now)
         stage(
             session,
             ActivityInviteCancelled(

@@ -94,19 +94,29 @@ class ActivitySummary(_Model):
     starts_at: Timestamp | None
     capacity: int | None
     created_at: Timestamp
+    # Version 3 (scheduling); defaults are what an activity of before was.
+    duration_minutes: int = 60
+    waitlist: bool = False
+    places_left: int | None = None  # capacity - accepted; null without a capacity
+    status: Literal["scheduled", "cancelled"] = "scheduled"
 
 
 class ActivityData(ActivitySummary):
     invites: InviteCounts
 
 
+InviteStatus = Literal["pending", "accepted", "declined", "cancelled", "waitlisted", "withdrawn"]
+
+
 class InviteData(_Model):
     id: int
-    status: Literal["pending", "accepted", "declined", "cancelled"]
+    status: InviteStatus
     client_id: int
     activity: ActivitySummary
     created_at: Timestamp
     updated_at: Timestamp
+    # While waitlisted: 1 for the next to get a place. Left out otherwise.
+    waitlist_position: int | None = Field(default=None, exclude_if=lambda value: value is None)
 
 
 class UserPayload(_Model):
@@ -225,6 +235,36 @@ class ActivityInviteCancelled(_ActivityEvent):
     data: InvitePayload
 
 
+class ActivityUpdated(_ActivityEvent):
+    """The owner changed the activity (PATCH); to every client with a pending, accepted or
+    waitlisted invite."""
+
+    type: Literal["activity.updated"] = "activity.updated"
+    data: ActivityPayload
+
+
+class ActivityInviteWithdrawn(_ActivityEvent):
+    """A client withdrew an accepted or waitlisted invite; to the professional."""
+
+    type: Literal["activity.invite_withdrawn"] = "activity.invite_withdrawn"
+    data: InvitePayload
+
+
+class ActivityInvitePromoted(_ActivityEvent):
+    """A place freed and the oldest waitlisted invite took it; to the client and the
+    professional."""
+
+    type: Literal["activity.invite_promoted"] = "activity.invite_promoted"
+    data: InvitePayload
+
+
+class ActivityReminder(_ActivityEvent):
+    """REMINDER_MINUTES before the start; to the professional and every accepted client."""
+
+    type: Literal["activity.reminder"] = "activity.reminder"
+    data: ActivityPayload
+
+
 class RemovalAppliedData(_Model):
     connection_id: int
     invite_ids: list[int]  # the invites it cancelled (none, often)
@@ -272,6 +312,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ActivityInviteDeclined,
         ActivityInviteCancelled,
         ConnectionRemovalApplied,
+        ActivityUpdated,
+        ActivityInviteWithdrawn,
+        ActivityInvitePromoted,
+        ActivityReminder,
     )
 }
 
@@ -303,6 +347,10 @@ _ACTIVITY = {
     "starts_at": None,
     "capacity": 8,
     "created_at": _T0,
+    "duration_minutes": 60,
+    "waitlist": True,
+    "places_left": 6,
+    "status": "scheduled",
 }
 _INVITE = {
     "id": 9,
@@ -364,4 +412,20 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "activity.invite_declined": {"invite": {**_INVITE, "status": "declined"}},
     "activity.invite_cancelled": {"invite": {**_INVITE, "status": "cancelled"}},
     "activity.connection_removal_applied": {"removal": {"connection_id": 7, "invite_ids": [9]}},
+    "activity.updated": {
+        "activity": {
+            **_ACTIVITY,
+            "starts_at": "2026-12-01T08:30:00.000Z",
+            "invites": {"pending": 1, "accepted": 2},
+        }
+    },
+    "activity.invite_withdrawn": {"invite": {**_INVITE, "status": "withdrawn"}},
+    "activity.invite_promoted": {"invite": {**_INVITE, "status": "accepted"}},
+    "activity.reminder": {
+        "activity": {
+            **_ACTIVITY,
+            "starts_at": "2026-12-01T08:30:00.000Z",
+            "invites": {"pending": 1, "accepted": 2},
+        }
+    },
 }

@@ -185,7 +185,7 @@ class Idempotency:
         self.db = db
         self.model = model
         self.secret = secret
-        self.routes = {r.handler: r for r in routes if r.method in METHODS}
+        self.routes = {r.handler: r for r in routes if r.method in METHODS and r.idempotent}
         self.in_flight: set[tuple[str, str]] = set()
         # Awaited before a replay leaves (the service waits for its outbox there).
         self.before_replay: Callable[[web.Response], Awaitable[None]] | None = None
@@ -249,10 +249,10 @@ class Idempotency:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method not in METHODS or HEADER not in request.headers:
             return await handler(request)
-        key = parse_key(request.headers.getall(HEADER))
         route = self.routes.get(getattr(request.match_info.route, "handler", None))
-        if route is None:  # no such route: nothing will be applied
+        if route is None:  # no such route (nothing will be applied), or one that takes no key
             return await handler(request)
+        key = parse_key(request.headers.getall(HEADER))
         if request.content_length is not None and request.content_length > MAX_BODY:
             return await handler(request)  # answered 413 by the handler; nothing to record
         body = _canonical(await request.read())

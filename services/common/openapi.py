@@ -124,6 +124,10 @@ class Route:
     # The body or the answer holds a secret (a password, a code): an Idempotency-Key's
     # record of it is keyed and sealed, as the anonymous routes' are (idempotency.py).
     secret: bool = False
+    # A body that is not JSON (e.g. "text/calendar"): documented as a string of that type.
+    media_type: str | None = None
+    # False: no `Idempotency-Key` (an answer that must not be stored, such as a secret URL).
+    idempotent: bool = True
 
     @property
     def mfa_gated(self) -> bool:
@@ -204,7 +208,7 @@ def document_paths(
             params.append(
                 {**ID_PARAM, "schema": dict(route.id_schema)} if route.id_schema else dict(ID_PARAM)
             )
-        if route.method in IDEMPOTENT_METHODS:
+        if route.method in IDEMPOTENT_METHODS and route.idempotent:
             params.append(dict(IDEMPOTENCY_PARAM))
         if params:
             op["parameters"] = params
@@ -223,14 +227,20 @@ def document_paths(
                 response["content"] = {
                     "application/json": {"schema": _response_schema(route, refs)}
                 }
-            if status == route.status and route.method in IDEMPOTENT_METHODS:
+            if status == route.status and route.media_type is not None:
+                response["content"] = {route.media_type: {"schema": {"type": "string"}}}
+            if status == route.status and route.method in IDEMPOTENT_METHODS and route.idempotent:
                 response.setdefault("headers", {})["Idempotent-Replayed"] = REPLAYED_HEADER
             if status in route.other_bodies:
                 ref = {"$ref": refs[route.other_bodies[status]]}
                 response["content"] = {"application/json": {"schema": ref}}
             elif status >= 400:
                 codes = {c for e, (s, c, _) in errors.items() if s == status and e in route.raises}
-                if route.method in IDEMPOTENT_METHODS and status in IDEMPOTENCY_CODES:
+                if (
+                    route.method in IDEMPOTENT_METHODS
+                    and route.idempotent
+                    and status in IDEMPOTENCY_CODES
+                ):
                     codes.add(IDEMPOTENCY_CODES[status])
                 if status == 403 and route.mfa_gated:
                     codes.add(MFA_CODE)

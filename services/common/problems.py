@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
@@ -119,6 +120,14 @@ def is_unavailable(exc: BaseException) -> bool:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# A path that is itself a secret (a calendar feed's URL): logged with a prefix of it only.
+_SECRET_PATH = re.compile(r"^(/api/calendar/)([^/]{0,6})[^/]*(\.ics)$")
+
+
+def logged_path(path: str) -> str:
+    """`path` as a log line may show it: the secret of a feed URL cut to its first characters."""
+    return _SECRET_PATH.sub(r"\1\2...\3", path)
+
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -137,9 +146,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return problem_response(Problem(exc.status, code, detail, headers=headers))
     except Exception as exc:
         if is_unavailable(exc):
-            log.warning("dependency unavailable on %s %s: %r", request.method, request.path, exc)
+            path = logged_path(request.path)
+            log.warning("dependency unavailable on %s %s: %r", request.method, path, exc)
             return problem_response(unavailable())
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, logged_path(request.path))
         return problem_response(
             Problem(500, "internal_error", "An unexpected error occurred; it has been logged.")
         )
@@ -164,7 +174,10 @@ def domain_error_middleware(mapping: DomainErrors) -> Callable[..., Awaitable[we
                         headers["Retry-After"] = str(retry)
                     elif status == 503:  # API.md: every 503 says when to try again
                         headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-                    raise Problem(status, code, detail, headers=headers) from exc
+                    # A domain error about one field of the body (e.g. a start in the past)
+                    # names it, as a validation error does.
+                    errors = getattr(exc, "errors", None)
+                    raise Problem(status, code, detail, headers=headers, errors=errors) from exc
             raise
 
     return middleware

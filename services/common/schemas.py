@@ -224,6 +224,25 @@ Timestamp = Annotated[
 ]
 
 
+def with_offset(value: dt.datetime) -> dt.datetime:
+    # Without an offset the instant is ambiguous (it used to be taken as UTC silently):
+    # a client in another time zone would get a session moved by hours.
+    if value.tzinfo is None:
+        raise ValueError("must include a UTC offset (Z or +hh:mm)")
+    return value
+
+
+# An instant: a date-time with an explicit UTC offset (`Z`, `+02:00` or `+0200`), in UTC.
+OFFSET_PATTERN = TIMESTAMP_PATTERN + ".*(?:[Zz]|[+-][0-9]{2}:?[0-9]{2})$"
+AwareTimestamp = Annotated[
+    dt.datetime,
+    BeforeValidator(iso_string),
+    Field(strict=False, json_schema_extra={"pattern": OFFSET_PATTERN}),
+    AfterValidator(with_offset),
+    AfterValidator(utc),
+]
+
+
 def plain_address(value: object) -> object:
     # EmailStr also takes "Name <someone@example.com>" and keeps only the address, so a
     # sign-up or an invitation would silently store something other than what was sent.

@@ -43,6 +43,10 @@ class CommonSettings(BaseSettings):
     jwt_issuer: str = Field("healthconnect-auth", validation_alias="JWT_ISSUER")
     jwt_audience: str = Field("healthconnect", validation_alias="JWT_AUDIENCE")
 
+    # Where users reach the system (the gateway), for links it hands out (mail, calendar
+    # feeds).
+    public_url: str = Field("http://127.0.0.1:8080", validation_alias="PUBLIC_URL")
+
     stream_maxlen: int = Field(100_000, validation_alias="STREAM_MAXLEN")
     # Check the Redis revocation list in the service too, not only in the gateway, so a
     # token that was logged out cannot be replayed straight at a service.
@@ -96,13 +100,12 @@ class ServiceSettings(CommonSettings):
     consumer_claim_idle_ms: int = Field(30_000, validation_alias="CONSUMER_CLAIM_IDLE_MS")
     consumer_max_deliveries: int = Field(5, validation_alias="CONSUMER_MAX_DELIVERIES")
 
-    # Mail (services/common/mail.py): where it goes out, who it is from, and the public
-    # address its links point at. `make run` points SMTP_URL at its local mail sink.
+    # Mail (services/common/mail.py): where it goes out and who it is from (its links point
+    # at `public_url`). `make run` points SMTP_URL at its local mail sink.
     smtp_url: str = Field("smtp://127.0.0.1:1025", validation_alias="SMTP_URL")
     mail_from: str = Field(
         "HealthConnect <no-reply@healthconnect.example>", validation_alias="MAIL_FROM"
     )
-    public_url: str = Field("http://127.0.0.1:8080", validation_alias="PUBLIC_URL")
     # The longest pause between two tries of a message while the SMTP server is down.
     mail_retry_max_seconds: float = Field(
         60.0, gt=0, le=3600, validation_alias="MAIL_RETRY_MAX_SECONDS"

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 
 from .mfa import MfaPolicy
-from .problems import Problem, error_middleware
+from .problems import Problem, error_middleware, logged_path
 from .settings import CommonSettings
 from .tokens import Identity, InvalidToken, RevocationList, TokenVerifier, bearer_token
 
@@ -304,19 +304,21 @@ SECRET_PARAMS = frozenset({"token", "access_token", "refresh_token"})
 
 
 def redacted_path(request: web.BaseRequest) -> str:
-    """The path and query as logged: values of token-bearing parameters never appear.
+    """The path and query as logged: values of token-bearing parameters never appear, nor a
+    feed URL's secret in full.
 
     Judged by the decoded name, so `?%74oken=` (which the server reads as `token`) is
     redacted too.
     """
     query = request.rel_url.query
+    path = logged_path(request.path)
     if not query:
-        return request.path
+        return path
     parts = [
         f"{name}=[redacted]" if name.lower() in SECRET_PARAMS else f"{name}={value}"
         for name, value in query.items()
     ]
-    return request.path + "?" + "&".join(parts)
+    return path + "?" + "&".join(parts)
 
 
 class AccessLogger(AbstractAccessLogger):

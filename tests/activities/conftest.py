@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import pytest_asyncio
 import redis.asyncio as aioredis
+from redis.asyncio import Redis
 
+from services.activities.app import MIGRATIONS
+from services.activities.tables import OutboxEvent
 from services.common.consumer import decode_entry
+from services.common.db import Database
 from services.common.events import ACTIVITIES_STREAM, Event
+from services.common.migrations import upgrade
+from services.common.outbox import Outbox
 
 from ..api import Account, Api, Reply
 from ..stack import Stack
@@ -25,6 +33,10 @@ ACTIVITY_KEYS = {
     "starts_at",
     "capacity",
     "created_at",
+    "duration_minutes",
+    "waitlist",
+    "places_left",
+    "status",
     "invites",
 }
 SUMMARY_KEYS = ACTIVITY_KEYS - {"invites"}
@@ -36,6 +48,19 @@ UNKNOWN_ID = 2**62
 def api(http: aiohttp.ClientSession, stack: Stack) -> Api:
     """The system through the gateway."""
     return Api(http, stack.gateway_url, stack.inbox)
+
+
+@pytest_asyncio.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    """The activities database, migrated, on a SQLite file, for in-process use cases."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'activities.db'}"
+    await asyncio.to_thread(upgrade, MIGRATIONS, url)
+    database = Database(url)
+    # The outbox's commit hooks write staged events into the table (its relay never runs
+    # here, and the client never connects).
+    Outbox(database, Redis(), OutboxEvent, name="activities")
+    yield database
+    await database.dispose()
 
 
 @dataclass
@@ -162,7 +187,9 @@ def assert_activity_shape(activity: dict[str, Any]) -> None:
 
 
 def assert_invite_shape(invite: dict[str, Any]) -> None:
-    assert set(invite) == INVITE_KEYS, invite
+    # A waitlisted invite also says where it is in the line.
+    extra = {"waitlist_position"} if invite["status"] == "waitlisted" else set()
+    assert set(invite) == INVITE_KEYS | extra, invite
     assert set(invite["activity"]) == SUMMARY_KEYS, invite
     assert_timestamp(invite["created_at"])
     assert_timestamp(invite["updated_at"])

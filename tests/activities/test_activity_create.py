@@ -41,6 +41,10 @@ async def test_create_returns_activity(api: Api, path: str) -> None:
         "starts_at": None,
         "capacity": None,
         "created_at": activity["created_at"],
+        "duration_minutes": 60,
+        "waitlist": False,
+        "places_left": None,
+        "status": "scheduled",
         "invites": {"pending": 0, "accepted": 0, "declined": 0},
     }
     created = dt.datetime.fromisoformat(activity["created_at"])
@@ -84,9 +88,9 @@ async def test_create_null_optionals(api: Api) -> None:
         ("2030-01-02T10:00:00+02:00", "2030-01-02T08:00:00.000Z"),
         ("2030-01-02T01:30:00-05:30", "2030-01-02T07:00:00.000Z"),
         ("2030-01-02T08:00:00.123456Z", "2030-01-02T08:00:00.123Z"),
-        ("2030-01-02T08:00:00", "2030-01-02T08:00:00.000Z"),
+        ("2030-01-02T09:00:00+0100", "2030-01-02T08:00:00.000Z"),
     ],
-    ids=["plus-offset", "minus-offset", "fraction", "naive"],
+    ids=["plus-offset", "minus-offset", "fraction", "compact-offset"],
 )
 async def test_create_starts_at_returned_in_utc(api: Api, given: str, expected: str) -> None:
     pro = await api.signup("professional")
@@ -98,8 +102,30 @@ async def test_create_starts_at_returned_in_utc(api: Api, given: str, expected: 
 
 @pytest.mark.parametrize(
     "starts_at",
-    [1767225600, 1767225600.5, "garbage", "", "2030-13-01T00:00:00Z", True, ["2030-01-01"], {}],
-    ids=["int", "float", "garbage", "empty", "month-13", "bool", "list", "object"],
+    [
+        1767225600,
+        1767225600.5,
+        "garbage",
+        "",
+        "2030-13-01T00:00:00Z",
+        True,
+        ["2030-01-01"],
+        {},
+        "2030-01-02T08:00:00",
+        "2020-01-02T08:00:00Z",
+    ],
+    ids=[
+        "int",
+        "float",
+        "garbage",
+        "empty",
+        "month-13",
+        "bool",
+        "list",
+        "object",
+        "no-offset",
+        "past",
+    ],
 )
 async def test_create_bad_starts_at(api: Api, starts_at: Any) -> None:
     pro = await api.signup("professional")

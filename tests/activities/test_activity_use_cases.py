@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
-import pytest_asyncio
-from redis.asyncio import Redis
 from sqlalchemy import func, select
 
-from services.activities.app import MIGRATIONS
 from services.activities.service import (
     ActivitiesContext,
     NotConnected,
@@ -34,24 +30,10 @@ from services.common.events import (
     ConnectionRequested,
     Party,
 )
-from services.common.migrations import upgrade
-from services.common.outbox import Outbox
 from services.common.tokens import Identity
 
 PRO, CLIENT = 1, 2
 T0 = dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.UTC)
-
-
-@pytest_asyncio.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'activities.db'}"
-    await asyncio.to_thread(upgrade, MIGRATIONS, url)
-    database = Database(url)
-    # The outbox's commit hooks write staged events into the table (its relay never runs
-    # here, and the client never connects).
-    Outbox(database, Redis(), OutboxEvent, name="activities")
-    yield database
-    await database.dispose()
 
 
 def context(db: Database, *, current: bool = True) -> ActivitiesContext:

@@ -214,7 +214,7 @@ async def test_activity_invites_answers_and_cancellation(
     assert listed["invites"] == {"pending": 1, "accepted": 1, "declined": 1}
     await delete_activity(api, pro, activity["id"])
 
-    cancelled = ("activity.cancelled", {"activity": listed})
+    cancelled = ("activity.cancelled", {"activity": {**listed, "status": "cancelled"}})
     accepting_gets = [("activity.invited", {"invite": invites[accepting.id]}), cancelled]
     await settle_and_check(
         api,
@@ -319,7 +319,9 @@ async def test_changes_in_a_row_arrive_in_order(api: Api, stack: Stack, sockets:
         [listed] = [a for a in await activities_of(api, pro) if a["id"] == activity["id"]]
         await delete_activity(api, pro, activity["id"])
         if activity is activities[0]:  # accepted: told; the second was declined: not told
-            client_gets.append(("activity.cancelled", {"activity": listed}))
+            client_gets.append(
+                ("activity.cancelled", {"activity": {**listed, "status": "cancelled"}})
+            )
     await remove_connection(api, pro, second["id"])
     [removed] = await connections_of(api, client, "removed")
     client_gets.append(("connection.removed", {"connection": removed}))
