@@ -27,6 +27,7 @@ from .mailbox import Inbox
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("auth", "connections", "activities")
+PUBLIC_URL = "http://hc.test.example"  # the stacks' PUBLIC_URL: links in mail and feeds
 MODULES = {name: f"services.{name}" for name in SERVICES} | {"gateway": "gateway"}
 
 
@@ -121,7 +122,7 @@ class Stack:
             # is down (tests stop it).
             "SMTP_URL": f"smtp://127.0.0.1:{self.smtp_port}",
             "MAIL_RETRY_MAX_SECONDS": "1",
-            "PUBLIC_URL": "http://hc.test.example",
+            "PUBLIC_URL": PUBLIC_URL,
             # The suites sign up thousands of accounts from 127.0.0.1 (tests of these
             # throttles use their own addresses, or a stack of their own).
             "AUTH_SIGNUP_MAX_PER_IP": "1000000",

@@ -10,6 +10,7 @@ import pytest
 import vobject
 
 from ..api import Account, Api, assert_problem
+from ..stack import PUBLIC_URL
 from .conftest import connected_clients, create, delete, invite, respond
 
 UTC = dt.UTC
@@ -123,22 +124,20 @@ async def test_secret_feed_rotates_and_needs_no_token(api: Api) -> None:
     reply = await api.call("POST", "/api/calendar/feed", token=client.token)
     assert reply.status == 201, reply.text
     url = reply.body["url"]
-    assert url.startswith("http://127.0.0.1:8080/api/calendar/") and url.endswith(".ics")
-    path = url.removeprefix("http://127.0.0.1:8080")
+    assert url.startswith(f"{PUBLIC_URL}/api/calendar/") and url.endswith(".ics")
+    path = url.removeprefix(PUBLIC_URL)
     assert set(by_uid_vobject(await ics(api, path))) == {uid(session)}  # no token
     assert await ics(api, path) == await ics(api, "/api/calendar.ics", client)
 
     rotated = (await api.call("POST", "/api/calendar/feed", token=client.token)).body["url"]
     assert rotated != url
     assert_problem(await api.call("GET", path), 404, "feed_not_found")
-    new_path = rotated.removeprefix("http://127.0.0.1:8080")
+    new_path = rotated.removeprefix(PUBLIC_URL)
     assert set(by_uid_icalendar(await ics(api, new_path))) == {uid(session)}
     # Each user's feed is their own.
     pro_url = (await api.call("POST", "/api/calendar/feed", token=pro.token)).body["url"]
     assert pro_url != rotated
-    assert set(by_uid_icalendar(await ics(api, pro_url.removeprefix("http://127.0.0.1:8080")))) == {
-        uid(session)
-    }
+    assert set(by_uid_icalendar(await ics(api, pro_url.removeprefix(PUBLIC_URL)))) == {uid(session)}
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from services.auth.app import MIGRATIONS, create_app
 from services.auth.config import AuthSettings
@@ -37,9 +38,14 @@ async def client(aiohttp_client, tmp_path: Path, redis_base_url: str, smtp: Smtp
     )
     url = f"sqlite+aiosqlite:///{tmp_path / 'auth.db'}"
     await asyncio.to_thread(upgrade, MIGRATIONS, url)
+    redis_url = with_redis_db(redis_base_url, INPROCESS_REDIS_DB)
+    # The throttles' counts of an earlier run (these tests use fixed addresses) go first.
+    flush = aioredis.Redis.from_url(redis_url)
+    await flush.flushdb()
+    await flush.aclose()
     settings = AuthSettings(
         DATA_DIR=tmp_path,
-        REDIS_URL=with_redis_db(redis_base_url, INPROCESS_REDIS_DB),
+        REDIS_URL=redis_url,
         database_url=url,
         SMTP_URL=f"smtp://127.0.0.1:{smtp.port}",
         PUBLIC_URL="https://hc.example",
