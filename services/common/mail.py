@@ -219,9 +219,11 @@ class Mailer:
         smtp_url: str,
         mail_from: str,
         retry_max_seconds: float = 60.0,
+        lease: dt.timedelta = LEASE,
         name: str = "service",
     ) -> None:
         self.db = db
+        self.lease = lease
         self.model = model
         self.target = SmtpTarget.parse(smtp_url)
         self.mail_from = mail_from
@@ -294,9 +296,8 @@ class Mailer:
             .with_for_update(skip_locked=True)
         ).all()
         if rows:
-            session.execute(
-                update(m).where(m.id.in_([r.id for r in rows])).values(claimed_until=now + LEASE)
-            )
+            claimed = update(m).where(m.id.in_([r.id for r in rows]))
+            session.execute(claimed.values(claimed_until=now + self.lease))
         return list(rows)
 
     def message(self, row: Any) -> EmailMessage:

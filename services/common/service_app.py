@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import ipaddress
 import logging
 import time
@@ -233,6 +234,7 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> web.Appl
             smtp_url=settings.smtp_url,
             mail_from=settings.mail_from,
             retry_max_seconds=settings.mail_retry_max_seconds,
+            lease=dt.timedelta(seconds=settings.mail_claim_seconds),
             name=spec.name,
         )
         app[mailer_key] = mailer

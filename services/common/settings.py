@@ -106,6 +106,10 @@ class ServiceSettings(CommonSettings):
     mail_from: str = Field(
         "HealthConnect <no-reply@healthconnect.example>", validation_alias="MAIL_FROM"
     )
+    # How long a sender's claim on queued messages lasts: a sender killed holding one leaves
+    # them to be sent by another (or by itself restarted) after this. Longer than a batch
+    # takes to send, or a message may go twice (with one Message-ID).
+    mail_claim_seconds: float = Field(60.0, gt=0, le=3600, validation_alias="MAIL_CLAIM_SECONDS")
     # The longest pause between two tries of a message while the SMTP server is down.
     mail_retry_max_seconds: float = Field(
         60.0, gt=0, le=3600, validation_alias="MAIL_RETRY_MAX_SECONDS"

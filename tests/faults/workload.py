@@ -294,7 +294,7 @@ class Workload:
         """Verify the user's address with the code of the mail that their sign-up sent
         (email invitations bind to verified addresses only); None if no mail came."""
         try:
-            # A sender killed while holding a claim leaves it for the lease (60 s).
+            # A sender killed while holding a claim leaves it for the lease (MAIL_CLAIM_SECONDS).
             message = await self.inbox.latest(user.email, VERIFY_SUBJECT, within=90)
         except AssertionError:
             self.record.note("other_4xx", f"no verification mail for user {user.id}")
